@@ -42,11 +42,58 @@ def pytest_collect_file(file_path: Path, parent):
             original = plugin.nbformat.read
             plugin.nbformat.read = lambda *args, **kwargs: jupytext.read(str(self.fspath))
             try:
-                yield from super().collect()
+                items = list(super().collect())
             finally:
                 plugin.nbformat.read = original
+            _EXECUTED[str(self.fspath)] = (self.nb, items)
+            yield from items
 
     return JupytextNbFile.from_parent(parent, path=file_path)
+
+
+# Chapters executed by nbval in this session: path -> (notebook, its cell items).
+_EXECUTED: dict = {}
+_FAILED: set = set()
+
+
+def pytest_runtest_logreport(report):
+    if report.failed:
+        _FAILED.add(report.nodeid.split("::")[0])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Hand every chapter that passed completely to Jupyter Book's execution cache.
+
+    ``jupyter-book build`` (``execute_notebooks: cache``) then reuses these executions instead of running
+    each chapter a second time; a chapter whose code changed, or that failed here, is executed by the
+    build as usual. Set ``PRUNINGLAB_SHARE_EXECUTION=0`` to switch this off.
+    """
+    if os.environ.get("PRUNINGLAB_SHARE_EXECUTION", "1") == "0" or not _EXECUTED:
+        return
+    try:
+        from jupyter_cache import get_cache
+        from jupyter_cache.base import CacheBundleIn
+    except ImportError:
+        return
+    root = Path(str(session.config.rootpath))
+    cache = get_cache(str(root / "_build" / ".jupyter_cache"))
+    for path, (nb, items) in _EXECUTED.items():
+        rel = os.path.relpath(path, root)
+        if rel in _FAILED or not items:
+            continue
+        cells_run = [it for it in items if getattr(it, "test_outputs", None) is not None]
+        if len(cells_run) != len(items):
+            continue  # some cells were skipped or not run: do not pretend the chapter was executed
+        for count, it in enumerate(items, start=1):
+            it.cell.outputs = [o for o in it.test_outputs if o.get("output_type") != "execute_input"]
+            it.cell.execution_count = count
+            for out in it.cell.outputs:
+                if "execution_count" in out:
+                    out["execution_count"] = count
+        try:
+            cache.cache_notebook_bundle(CacheBundleIn(nb, uri=str(path)), check_validity=False, overwrite=True)
+        except Exception as err:  # the cache is an optimisation; never fail the test run for it
+            print(f"conftest: could not cache the execution of {rel}: {err}")
 
 
 def pytest_configure(config):
