@@ -16,6 +16,7 @@ from typing import Iterable, Mapping
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .runtime import atomic_torch_save
 
@@ -43,6 +44,9 @@ def prunable_parameters(
             # torch.nn.utils.prune renames weight -> weight_orig; accept both conventions.
             for pname in ("weight", "weight_orig") + (("bias", "bias_orig") if include_bias else ()):
                 p = mod._parameters.get(pname)
+                if p is None and parametrize.is_parametrized(mod, pname):
+                    # torch.nn.utils.parametrize (e.g. the SA++ block attention): the stored tensor.
+                    p = mod.parametrizations[pname].original
                 if p is not None:
                     out[prefix + pname.replace("_orig", "")] = p
     if not out:
@@ -78,8 +82,7 @@ def ones_masks(params: nn.Module | Mapping[str, torch.Tensor]) -> Masks:
 def check_masks(params: nn.Module | Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> None:
     """Raise ``ValueError`` if a mask names an unknown parameter or has the wrong shape or dtype."""
     if isinstance(params, nn.Module):
-        named = dict(params.named_parameters())
-        named.update({n.replace("_orig", ""): p for n, p in named.items() if n.endswith("_orig")})
+        named = _param_lookup(params)
     else:
         named = dict(params)
     if not isinstance(masks, Mapping):
@@ -101,6 +104,11 @@ def _param_lookup(model: nn.Module) -> dict[str, torch.Tensor]:
     for n in list(named):
         if n.endswith("_orig"):
             named[n[: -len("_orig")]] = named[n]
+        # Parametrised layers (torch.nn.utils.parametrize) store "<layer>.parametrizations.weight.original".
+        layer, sep, rest = ("." + n).rpartition(".parametrizations.")
+        if sep and rest.endswith(".original") and rest.count(".") == 1:
+            key = (layer[1:] + "." if layer else "") + rest[: -len(".original")]
+            named[key] = named[n]
     return named
 
 
