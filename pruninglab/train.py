@@ -79,6 +79,21 @@ def distributed_device(prefer: str | torch.device | None = None) -> torch.device
     return dev
 
 
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum ``values`` over all torchrun processes (returned as is on a single process).
+
+    Defined in book/sapp_imagenet.md. Distributed evaluation sums per-rank totals (loss sums,
+    counts, correct predictions) with this and divides afterwards, so the result equals a
+    single-process evaluation over the same rows.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
 def make_loader(
     dataset: torch.utils.data.Dataset,
     batch_size: int,
@@ -119,8 +134,17 @@ def make_loader(
 
 
 def _epoch_batches(data: Iterable, epoch: int, skip: int) -> Iterable:
-    """Batches of ``epoch``, skipping the first ``skip`` cheaply when possible."""
+    """Batches of ``epoch``, skipping the first ``skip`` cheaply when possible.
+
+    A data source with a ``batches(epoch, skip)`` method (e.g. the streaming Criteo reader) is
+    asked for exactly that; a DataLoader whose dataset has ``set_epoch`` is told the epoch (for
+    per-sample seeded augmentation that does not depend on worker processes).
+    """
+    if hasattr(data, "batches") and callable(data.batches):
+        return data.batches(epoch, skip)
     if isinstance(data, torch.utils.data.DataLoader):
+        if hasattr(data.dataset, "set_epoch"):
+            data.dataset.set_epoch(epoch)
         sampler = data.sampler
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
@@ -226,6 +250,8 @@ class TrainResult:
     checkpoint_path: Path | None
     wall_time_s: float
     resumed_from: int | None = None
+    train_time_s: float | None = None  # wall time minus evaluation and checkpoint writing
+    steps_run: int = 0  # optimizer steps taken in this call (not counting resumed ones)
 
 
 def _reset_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
@@ -307,6 +333,8 @@ def train(
     progress: bool | None = None,
     stop_after: int | None = None,
     desc: str = "train",
+    accumulate: int = 1,
+    distributed_eval: bool = False,
 ) -> TrainResult:
     """Train ``model`` for ``steps`` optimizer steps; see the module docstring for hooks.
 
@@ -317,11 +345,18 @@ def train(
     receives ``metrics.csv`` and ``checkpoint.pt``; ``resume=True`` continues from that
     checkpoint (and refuses one made with a different ``config``). ``stop_after`` ends the
     run early after that many steps, as a crash would (for tests of resume).
+
+    ``accumulate=k`` makes each optimizer step consume ``k`` batches (gradient accumulation: the
+    loss of each is divided by ``k``; under DDP gradients are all-reduced once per step), so a
+    large global batch fits in memory; an epoch is then ``len(data) // k`` steps. With
+    ``distributed_eval=True`` every torchrun process calls ``evaluate`` (which must combine its
+    per-rank results, e.g. with :func:`all_reduce_sum`); otherwise only rank 0 evaluates.
     """
     if isinstance(steps, bool) or int(steps) != steps or steps < 0:
         raise ValueError(f"steps: expected a non-negative integer, got {steps!r}")
     steps = int(steps)
-    for name, val in (("eval_every", eval_every), ("checkpoint_every", checkpoint_every), ("log_every", log_every)):
+    for name, val in (("eval_every", eval_every), ("checkpoint_every", checkpoint_every), ("log_every", log_every),
+                      ("accumulate", accumulate)):
         if val is not None and (isinstance(val, bool) or int(val) != val or val < 1):
             raise ValueError(f"{name}: expected a positive integer or None, got {val!r}")
     if resume and out_dir is None:
@@ -373,10 +408,17 @@ def train(
         set_rng_state(ckpt["rng"])
         start_step = int(ckpt["step"])
         resumed_from = start_step
+        resumed_running = ckpt.get("running_loss")
+    else:
+        resumed_running = None
+
+    overhead_s = 0.0  # evaluation and checkpoint time, excluded from train_time_s
 
     def save_checkpoint(step: int) -> None:
+        nonlocal overhead_s
         if ckpt_path is None or not is_main:
             return
+        t_save = time.perf_counter()
         state = {
             "step": step,
             "model": model.state_dict(),
@@ -386,17 +428,26 @@ def train(
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": rng_state(),
             "config_json": json.dumps(cfg, sort_keys=True),
+            # The running training loss since the last log row, so a resumed run logs the same mean.
+            "running_loss": [float(running), int(running_n)],
         }
         atomic_torch_save(state, ckpt_path)
+        overhead_s += time.perf_counter() - t_save
 
     log = _CsvLog(out / LOG_NAME if (out is not None and is_main) else None, resumed_from)
     t0 = time.perf_counter()
     last_metrics: dict = {}
 
     def run_eval(step: int, train_loss: float | None) -> dict:
+        nonlocal overhead_s
+        t_eval = time.perf_counter()
+        if world > 1 and train_loss is not None:
+            # Log the mean over all processes (each saw only its share of the global batch).
+            local = torch.tensor([train_loss], dtype=torch.float64, device=dev)
+            train_loss = float(all_reduce_sum(local)[0]) / world
         row: dict[str, Any] = {"step": step, "train_loss": "" if train_loss is None else f"{train_loss:.6g}"}
         metrics: dict = {}
-        if evaluate is not None and is_main:
+        if evaluate is not None and (is_main or distributed_eval):
             was_training = model.training
             model.eval()
             with torch.no_grad():
@@ -405,6 +456,7 @@ def train(
             row.update({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in metrics.items()})
         row["wall_s"] = f"{time.perf_counter() - t0:.2f}"
         log.write(row)
+        overhead_s += time.perf_counter() - t_eval
         return metrics
 
     try:
@@ -413,6 +465,11 @@ def train(
         steps_per_epoch = None
     if steps_per_epoch == 0:
         raise ValueError("data: yields no batches (is the dataset smaller than one batch?)")
+    k = int(accumulate)
+    if steps_per_epoch is not None:
+        steps_per_epoch //= k  # leftover batches at the end of an epoch (fewer than k) are not used
+        if steps_per_epoch == 0:
+            raise ValueError(f"accumulate: {k} batches per step is more than the {len(data)} batches of an epoch")
 
     from tqdm.auto import tqdm
 
@@ -422,21 +479,35 @@ def train(
     step = start_step
     end = steps if stop_after is None else min(steps, start_step + int(stop_after))
     running, running_n = 0.0, 0
+    if resumed_running is not None:
+        running, running_n = float(resumed_running[0]), int(resumed_running[1])
     if steps_per_epoch:
         epoch, skip = divmod(step, steps_per_epoch)
+        skip *= k
     else:
-        epoch, skip = 0, step  # plain iterables: one epoch means one pass; skip by position
+        epoch, skip = 0, step * k  # plain iterables: one epoch means one pass; skip by position
+    used = skip  # batches taken from the current epoch
     batches = iter(_epoch_batches(data, epoch, skip))
-    while step < end:
+
+    def fetch():
+        nonlocal batches, epoch, used
+        if steps_per_epoch and used >= steps_per_epoch * k:
+            epoch, used = epoch + 1, 0
+            batches = iter(_epoch_batches(data, epoch, 0))
         try:
-            inputs, targets = next(batches)
+            batch = next(batches)
         except StopIteration:
-            epoch += 1
+            epoch, used = epoch + 1, 0
             batches = iter(_epoch_batches(data, epoch, 0))
             try:
-                inputs, targets = next(batches)
+                batch = next(batches)
             except StopIteration:
                 raise ValueError("data: yields no batches") from None
+        used += 1
+        return batch
+
+    while step < end:
+        inputs, targets = fetch()
         boundary = False
         for h in hooks:
             if hasattr(h, "on_step_start") and h.on_step_start(step, model):
@@ -444,31 +515,43 @@ def train(
         if boundary:
             _reset_optimizer_state(optimizer)
             save_checkpoint(step)
-        inputs = _to(inputs, dev)
-        targets = _to(targets, dev)
-        with torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext():
-            outputs = ddp_model(inputs)
-            loss = loss_fn(outputs, targets)
-        if not torch.isfinite(loss.detach()):
-            raise FloatingPointError(
-                f"train: the loss became {loss.item()} at step {step}; lower the learning rate or check the data"
-            )
-        total = loss
-        for h in hooks:
-            if hasattr(h, "loss_penalty"):
-                pen = h.loss_penalty(model)
-                if pen is not None:
-                    total = total + pen
         optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for micro in range(k):
+            if micro > 0:
+                inputs, targets = fetch()
+            inputs = _to(inputs, dev)
+            targets = _to(targets, dev)
+            last = micro == k - 1
+            # Under DDP, all-reduce gradients only on the last micro-batch of the step.
+            sync = ddp_model.no_sync() if (world > 1 and not last) else contextlib.nullcontext()
+            with sync:
+                with torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext():
+                    outputs = ddp_model(inputs)
+                    loss = loss_fn(outputs, targets)
+                if not torch.isfinite(loss.detach()):
+                    raise FloatingPointError(
+                        f"train: the loss became {loss.item()} at step {step}; lower the learning rate or check the data"
+                    )
+                total = loss / k if k > 1 else loss
+                if last:
+                    for h in hooks:
+                        if hasattr(h, "loss_penalty"):
+                            pen = h.loss_penalty(model)
+                            if pen is not None:
+                                total = total + pen
+                if scaler is not None:
+                    scaler.scale(total).backward()
+                else:
+                    total.backward()
+            step_loss += float(loss.detach())  # one sync per batch; the loss is needed for the log and the bar
         if scaler is not None:
-            scaler.scale(total).backward()
             if grad_clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             scaler.step(optimizer)
             scaler.update()
         else:
-            total.backward()
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
@@ -478,7 +561,7 @@ def train(
             if hasattr(h, "on_step_end"):
                 h.on_step_end(step, model)
         step += 1
-        running += float(loss.detach())  # one sync per step; the loss is needed for the log and the bar
+        running += step_loss / k
         running_n += 1
         bar.update(1)
         if step % log_every == 0 or step == steps:
@@ -492,15 +575,18 @@ def train(
     bar.close()
     if step == steps and steps > 0:
         save_checkpoint(step)
-    if evaluate is not None and not last_metrics and is_main and step == steps:
+    if evaluate is not None and not last_metrics and (is_main or distributed_eval) and step == steps:
         last_metrics = run_eval(step, None)
+    wall = time.perf_counter() - t0
     return TrainResult(
         step=step,
         metrics=last_metrics,
         log_path=log.path,
         checkpoint_path=ckpt_path,
-        wall_time_s=time.perf_counter() - t0,
+        wall_time_s=wall,
         resumed_from=resumed_from,
+        train_time_s=wall - overhead_s,
+        steps_run=step - start_step,
     )
 
 

@@ -1,0 +1,210 @@
+"""The Criteo TSV writer and streaming reader, checked against an independent line-by-line reference."""
+import math
+import re
+
+import pytest
+import torch
+
+from pruninglab.data.criteo import (
+    CriteoBatches,
+    CriteoFormatError,
+    index_lines,
+    make_criteo_main,
+    parse_lines,
+    write_synthetic_criteo,
+)
+
+NB = 1000
+
+
+def reference_row(line: str, has_label=True, nb=NB):
+    """Independent parse of one line: plain string ops and math.log, no numpy."""
+    fields = line.rstrip("\n").rstrip("\r").split("\t")
+    off = 1 if has_label else 0
+    ints = [math.log(max(int(s) if s else 0, -2) + 3) for s in fields[off:off + 13]]
+    cats = [0 if s == "" else 1 + int(s, 16) % (nb - 1) for s in fields[off + 13:off + 39]]
+    label = float(fields[0]) if has_label else None
+    return ints, cats, label
+
+
+def read_all(batches):
+    ints, cats, labels = [], [], []
+    for (i, c), y in batches:
+        ints.append(i)
+        cats.append(c)
+        labels.append(y)
+    return torch.cat(ints), torch.cat(cats), torch.cat(labels)
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory):
+    return write_synthetic_criteo(tmp_path_factory.mktemp("criteo") / "train.txt", 9000, seed=3)
+
+
+def test_writer_is_byte_exact_format(train_file, tmp_path):
+    raw = train_file.read_bytes()
+    assert b"\r" not in raw and raw.endswith(b"\n")
+    lines = raw.decode("ascii").split("\n")[:-1]
+    assert len(lines) == 9000
+    hex8 = re.compile(r"[0-9a-f]{8}")
+    n_neg = n_empty_int = n_empty_cat = n_trailing = 0
+    for line in lines:
+        f = line.split("\t")
+        assert len(f) == 40 and line.count("\t") == 39
+        assert f[0] in ("0", "1")
+        for s in f[1:14]:
+            if s == "":
+                n_empty_int += 1
+            else:
+                assert re.fullmatch(r"-?[0-9]+", s), s
+                n_neg += int(s) < 0
+        for s in f[14:]:
+            if s == "":
+                n_empty_cat += 1
+            else:
+                assert hex8.fullmatch(s), s
+        n_trailing += line.endswith("\t")
+    assert n_neg > 0 and n_empty_int > 0 and n_empty_cat > 0 and n_trailing > 0
+    assert "\t\t" in raw.decode("ascii")  # consecutive tabs (missing values) occur
+    labels = [int(line[0]) for line in lines]
+    assert 0.15 < sum(labels) / len(labels) < 0.35
+    # Hex round trip: formatting the parsed value gives the field back.
+    f = lines[0].split("\t")
+    assert all(format(int(s, 16), "08x") == s for s in f[14:] if s)
+    # Seeded: same seed -> same bytes, other seed -> other bytes.
+    a = write_synthetic_criteo(tmp_path / "a.txt", 50, seed=3)
+    b = write_synthetic_criteo(tmp_path / "b.txt", 50, seed=3)
+    c = write_synthetic_criteo(tmp_path / "c.txt", 50, seed=4)
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+
+
+def test_test_format_and_cli(tmp_path, capsys):
+    out = tmp_path / "sub" / "test.txt"
+    assert make_criteo_main([str(out), "--rows", "30", "--seed", "1", "--test-format"]) == 0
+    lines = out.read_text().split("\n")[:-1]
+    assert len(lines) == 30 and all(line.count("\t") == 38 for line in lines)
+    assert "39 fields" in capsys.readouterr().out
+    batches = CriteoBatches(out, 10)  # has_label detected from the first line
+    assert not batches.has_label
+    (ints, cats), labels = next(iter(batches))
+    assert labels is None and ints.shape == (10, 13) and cats.shape == (10, 26)
+    ref = [reference_row(line, has_label=False) for line in lines[:10]]
+    assert torch.allclose(ints, torch.tensor([r[0] for r in ref]), atol=1e-6)
+    assert torch.equal(cats, torch.tensor([r[1] for r in ref]))
+
+
+def test_reader_matches_reference(train_file):
+    lines = train_file.read_text().split("\n")[:-1]
+    ints, cats, labels = read_all(CriteoBatches(train_file, 1000, num_buckets=NB))
+    assert ints.shape == (9000, 13) and cats.shape == (9000, 26) and cats.dtype == torch.int64
+    ref = [reference_row(line) for line in lines]
+    assert torch.allclose(ints, torch.tensor([r[0] for r in ref], dtype=torch.float32), atol=1e-6)
+    assert torch.equal(cats, torch.tensor([r[1] for r in ref]))
+    assert torch.equal(labels, torch.tensor([r[2] for r in ref], dtype=torch.float32))
+    assert int(cats.max()) < NB and bool((cats[:, -1] == 0).any())
+
+
+def test_line_index_seek_skip_and_workers(train_file):
+    idx = index_lines(train_file, every=7)
+    assert idx.num_lines == 9000 and idx.first_fields == 40
+    data = train_file.read_bytes()
+    starts = [0] + [i + 1 for i, b in enumerate(data) if b == 10][:-1]
+    assert list(idx.offsets) == starts[::7]
+    full = CriteoBatches(train_file, 700, start_row=100, end_row=8900)
+    assert len(full) == 8800 // 700
+    all_batches = list(full)
+    skipped = list(full.batches(epoch=3, skip=5))  # resume mid-epoch: no bytes of the first 5 read
+    assert len(skipped) == len(all_batches) - 5
+    for (a, b) in zip(all_batches[5:], skipped):
+        assert torch.equal(a[0][1], b[0][1]) and torch.equal(a[1], b[1])
+    with_workers = list(CriteoBatches(train_file, 700, start_row=100, end_row=8900, num_workers=2))
+    assert len(with_workers) == len(all_batches)
+    for a, b in zip(all_batches, with_workers):  # same batches, same order
+        assert torch.equal(a[0][0], b[0][0]) and torch.equal(a[0][1], b[0][1]) and torch.equal(a[1], b[1])
+
+
+def test_ranks_partition_the_rows(train_file):
+    single = list(CriteoBatches(train_file, 200, end_row=2000, rank=0, world_size=1))
+    r0 = list(CriteoBatches(train_file, 100, end_row=2000, rank=0, world_size=2))
+    r1 = list(CriteoBatches(train_file, 100, end_row=2000, rank=1, world_size=2))
+    assert len(single) == len(r0) == len(r1) == 10
+    for s, a, b in zip(single, r0, r1):  # rank 0 + rank 1 = the single-process global batch
+        assert torch.equal(s[0][1], torch.cat([a[0][1], b[0][1]])) and torch.equal(s[1], torch.cat([a[1], b[1]]))
+    # Evaluation mode: every row exactly once over ranks, the last batch may be short.
+    e0 = read_all(CriteoBatches(train_file, 300, start_row=50, end_row=1050, mode="eval", rank=0, world_size=2))
+    e1 = read_all(CriteoBatches(train_file, 300, start_row=50, end_row=1050, mode="eval", rank=1, world_size=2))
+    assert len(e0[2]) + len(e1[2]) == 1000
+    ref = read_all(CriteoBatches(train_file, 1000, start_row=50, end_row=1050, mode="eval"))
+    merged = torch.cat([e0[1][:300], e1[1][:300], e0[1][300:600], e1[1][300:]])
+    assert torch.equal(merged, ref[1])
+
+
+EDGE_LINES = [
+    "1" + "\t" * 39,  # every feature missing: 39 tabs in a row
+    "0\t-1\t-2\t-5\t0\t\t7\t\t\t\t\t\t\t3" + "\tABCDEF01\t1\t" + "\t" * 23 + "0000000a",  # negatives, upper-case, short hex
+    "1\t" + "\t".join(["12"] * 13) + "\t" + "\t".join(["deadbeef"] * 26) + "\r",  # CRLF ending
+]
+
+
+def test_edge_case_lines():
+    ints, cats, labels, skipped = parse_lines([line + "\n" for line in EDGE_LINES], num_buckets=NB)
+    assert skipped == 0 and labels.tolist() == [1.0, 0.0, 1.0]
+    assert torch.allclose(ints[0], torch.full((13,), math.log(3)))  # missing -> 0 -> log 3
+    assert torch.equal(cats[0], torch.zeros(26, dtype=torch.long))  # missing -> reserved index 0
+    assert torch.allclose(ints[1, :3], torch.tensor([math.log(2), 0.0, 0.0]))  # -1 -> log 2; -2, -5 -> log 1
+    assert cats[1, 0] == 1 + 0xABCDEF01 % (NB - 1) and cats[1, 1] == 1 + 1 % (NB - 1)
+    assert cats[1, 25] == 1 + 10 % (NB - 1) and (cats[1, 2:25] == 0).all()
+    assert torch.allclose(ints[2], torch.full((13,), math.log(15)))
+
+
+def row(label="0", ints=None, cats=None):
+    ints = ints or {}
+    cats = cats or {}
+    return "\t".join([label] + [ints.get(j, "") for j in range(1, 14)] + [cats.get(j, "") for j in range(1, 27)])
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("1\t" + "\t".join(["1"] * 12) + "\t" + "\t".join(["a"] * 26), r"has 39 tab-separated fields, expected 40"),
+    (row("1") + "\t", r"has 41 tab-separated fields, expected 40"),
+    (row("1", {1: "1", 2: "2", 3: "abc"}), r"integer feature I3 \(field 4\) is 'abc'"),
+    (row("1", {1: "1.5"}), r"integer feature I1 \(field 2\) is '1.5'"),
+    (row("1", {13: "+4"}), r"integer feature I13 \(field 14\) is '\+4'"),
+    (row("2"), r"label \(field 1\) is '2'"),
+    (row("0", cats={2: "zz"}), r"categorical feature C2 \(field 16\) is 'zz'"),
+    (row("0", cats={1: "123456789"}), r"categorical feature C1 \(field 15\) is '123456789'"),
+    ("", r"has 1 tab-separated fields"),
+])
+def test_malformed_line_names_file_and_line(tmp_path, bad, message):
+    good = "0" + "\t" * 39
+    path = tmp_path / "bad.txt"
+    lines = [good] * 1233 + [bad] + [good] * 66
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CriteoFormatError, match=rf"bad\.txt, line 1234: {message}"):
+        list(CriteoBatches(path, 100, has_label=True))
+    # With the explicit option the line is skipped and counted; its batch is one row short.
+    reader = CriteoBatches(path, 100, has_label=True, on_error="skip")
+    sizes = [len(y) for _, y in reader]
+    assert reader.skipped == 1 and sizes[12] == 99 and sum(sizes) == 1299
+
+
+def test_last_line_without_newline_and_bad_arguments(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("\n".join(["0" + "\t" * 39] * 5))  # no final newline
+    assert index_lines(path).num_lines == 5
+    assert sum(len(y) for _, y in CriteoBatches(path, 5, mode="eval")) == 5
+    with pytest.raises(FileNotFoundError, match="make-criteo"):
+        CriteoBatches(tmp_path / "missing.txt", 4)
+    with pytest.raises(ValueError, match="batch_size: 8 rows x 1 process"):
+        CriteoBatches(path, 8)
+    with pytest.raises(ValueError, match="on_error"):
+        CriteoBatches(path, 2, on_error="ignore")
+    with pytest.raises(ValueError, match="start_row/end_row"):
+        CriteoBatches(path, 2, start_row=5)
+    with pytest.raises(ValueError, match="num_buckets"):
+        parse_lines(["0" + "\t" * 39], num_buckets=1)
+    other = tmp_path / "o.txt"
+    other.write_text("1\t2\t3\n")
+    with pytest.raises(CriteoFormatError, match=r"o\.txt, line 1: has 3 tab-separated fields"):
+        CriteoBatches(other, 1)
+    with pytest.raises(ValueError, match="rows"):
+        write_synthetic_criteo(tmp_path / "x.txt", 0)
