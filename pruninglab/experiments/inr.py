@@ -99,7 +99,7 @@ class INRConfig:
         """The paper's configuration: 178x178, width 256, omega0 200, outer lr 1e-5, 150k dense steps,
         20 rounds x 30k steps, the official code's 20 Dense-Narrow widths (150k steps each), 100 test
         signals (250 for SDF), 100 Adam steps at 1e-4."""
-        is_sdf = data == "sdf" or str(data).endswith(".npz")
+        is_sdf = data == "sdf" or str(data).endswith(".npz") or (Path(str(data)) / SDF_FILE).is_file()
         base = cls(
             data=data, resolution=178, width=256, depth=4, omega0=200.0, inner_steps=2, inner_lr=1e-2,
             first_order=False, outer_lr=1e-5, meta_batch=3, dense_steps=150_000, rounds=20,
