@@ -92,6 +92,21 @@ def test_topk_block_mask_ties_and_nesting():
         topk_block_mask(scores, 7)
 
 
+def test_topk_block_mask_matches_a_stable_sort():
+    # Independent reference: a stable descending argsort (earlier index first among ties).
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        n = int(torch.randint(1, 60, (1,), generator=g))
+        scores = torch.randint(0, 5, (n,), generator=g).float()  # many ties
+        alive = torch.rand(n, generator=g) > 0.3 if trial % 2 else None
+        n_alive = n if alive is None else int(alive.sum())
+        k = int(torch.randint(0, n_alive + 1, (1,), generator=g))
+        ranked = scores if alive is None else torch.where(alive, scores, torch.tensor(-math.inf))
+        ref = torch.zeros(n, dtype=torch.bool)
+        ref[torch.argsort(ranked, descending=True, stable=True)[:k]] = True
+        assert torch.equal(topk_block_mask(scores, k, alive=alive), ref)
+
+
 # --------------------------------------------------------------------------- layer selection and masks
 
 

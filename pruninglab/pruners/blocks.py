@@ -149,6 +149,8 @@ class BlockLayout:
         if tuple(grid_values.shape) != self.grid:
             raise ValueError(f"grid_values: expected shape {self.grid}, got {tuple(grid_values.shape)}")
         b = self.block_size
+        if b == 1:  # unstructured: the grid is the matrix
+            return self.from_matrix(grid_values)
         m = grid_values.repeat_interleave(b, dim=0).repeat_interleave(b, dim=1)
         m = m[: self.rows, : self.cols]
         return self.from_matrix(m)
@@ -173,9 +175,10 @@ def topk_block_mask(scores: torch.Tensor, k: int, alive: torch.Tensor | None = N
 
     Defined in book/sapp.md.
 
-    Ties are broken by flat index (the earlier block wins), with a stable sort, so the result is
-    the same on every device. With ``alive``, the kept set is a subset of ``alive`` (nested pruning)
-    and ``k`` must not exceed the number of alive entries.
+    Ties are broken by flat index (the earlier block wins), so the result is the same on every
+    device. NaN scores are not supported (the pruners' scores are norms and softmax weights). With
+    ``alive``, the kept set is a subset of ``alive`` (nested pruning); if ``k`` exceeds the number of
+    alive entries, all alive entries are kept.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 0 or k > scores.numel():
         raise ValueError(f"k: expected an integer in [0, {scores.numel()}], got {k!r}")
@@ -183,11 +186,16 @@ def topk_block_mask(scores: torch.Tensor, k: int, alive: torch.Tensor | None = N
     if alive is not None:
         if alive.shape != scores.shape or alive.dtype != torch.bool:
             raise ValueError("alive: expected a bool tensor of the scores' shape")
-        # -inf sorts last; NaN scores would sort first and are refused by the callers' checks.
         flat = torch.where(alive.reshape(-1), flat, torch.full_like(flat, -math.inf))
-    order = torch.argsort(flat, descending=True, stable=True)
-    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    keep[order[:k]] = True
+    if k == 0:
+        return torch.zeros(scores.shape, dtype=torch.bool, device=flat.device)
+    # Selection instead of a sort (O(N), and no host sync): the k-th largest value is the threshold;
+    # everything above it is kept, then the first ties by flat index fill up to exactly k.
+    threshold = torch.kthvalue(flat, flat.numel() - k + 1).values
+    keep = flat > threshold
+    tie = flat == threshold
+    need = k - keep.sum()
+    keep |= tie & (torch.cumsum(tie.to(torch.int64), 0) <= need)
     if alive is not None:
         keep &= alive.reshape(-1)
     return keep.reshape(scores.shape)
