@@ -336,3 +336,20 @@ def test_big_paper_models_weight_counts():
     assert alex.features(torch.zeros(1, 3, 224, 224)).shape == (1, 256, 5, 5)
     r50 = models.resnet50_cifar(100)
     assert sum(p.numel() for p in prunable_parameters(r50).values()) == 23_652_032
+
+
+def test_zero_mass_counts_exactly_zero_hessian_rows():
+    from pruninglab.experiments.limit import _zero_mass, hessian_parameters
+
+    seed_everything(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        net[0].bias[0] = -100.0  # unit 0 never fires: its 4 input and 2 output weights have zero Hessian rows
+    x = torch.randn(32, 4)
+    y = torch.randint(0, 2, (32,))
+    params = hessian_parameters(net)
+    assert params == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    share = _zero_mass(net, nn.functional.cross_entropy, [(x, y)], params, rows=18)  # each of the 18 weights once
+    assert share == pytest.approx(6 / 18)
+    bn = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    assert hessian_parameters(bn) == ["0.weight", "0.bias", "2.weight", "2.bias"]  # no normalisation parameters

@@ -50,7 +50,10 @@ def _check_name(name: str) -> str:
 
 
 def expected_layout(name: str) -> str:
-    """The folder layout :func:`cifar_folder` expects, as text (for error messages and docs)."""
+    """The folder layout :func:`cifar_folder` expects, as text (for error messages and docs).
+
+    Defined in book/limit_experiments.md.
+    """
     key = _check_name(name)
     files = CIFAR_TRAIN_FILES[key] + CIFAR_TEST_FILES[key] + [CIFAR_META_FILES[key]]
     return f"ROOT/{CIFAR_FOLDERS[key]}/{{{', '.join(files)}}}"
@@ -128,7 +131,10 @@ def read_cifar_split(
 
 
 def class_names(root: str | os.PathLike | None, name: str = "cifar10") -> list[str]:
-    """The class names from the meta file (``label_names`` / ``fine_label_names``)."""
+    """The class names from the meta file (``label_names`` / ``fine_label_names``).
+
+    Defined in book/limit_experiments.md.
+    """
     key = _check_name(name)
     meta = _load_pickle(cifar_folder(root, key) / CIFAR_META_FILES[key])
     return list(meta["label_names" if key == "cifar10" else "fine_label_names"])
@@ -136,7 +142,10 @@ def class_names(root: str | os.PathLike | None, name: str = "cifar10") -> list[s
 
 @dataclass
 class CifarSplit:
-    """Train and test images (uint8) and labels of CIFAR-10/100, plus the normalisation statistics."""
+    """Train and test images (uint8) and labels of CIFAR-10/100, plus the normalisation statistics.
+
+    Defined in book/limit_experiments.md.
+    """
 
     name: str
     x_train: torch.Tensor
@@ -240,7 +249,7 @@ class TensorBatches:
         return gen
 
     def prepare(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        """Augment (if asked, with ``gen``) and normalise one batch of raw inputs."""
+        """Augment (if asked, with ``gen``) and normalise one batch of raw inputs (on the batches' device)."""
         if self.augment:
             x = _random_crop_flip(x, self.pad, gen)
         if x.dtype == torch.uint8:

@@ -518,6 +518,7 @@ def actual_pruning_limit(
     grid: int = 20,
     resolution: float = 1e-3,
     params: Sequence[str] | None = None,
+    progress: bool | None = None,
 ) -> ActualLimit:
     """Largest global one-shot magnitude sparsity (no fine-tuning) at which ``evaluate`` stays at the dense level.
 
@@ -538,7 +539,8 @@ def actual_pruning_limit(
     point further right that the grid skipped over is not searched for.
 
     The model's weights are restored before returning. ``params`` restricts pruning to those
-    parameter names (default: the conv/linear weights).
+    parameter names (default: the conv/linear weights). ``progress`` shows a bar of evaluations
+    (default: :func:`pruninglab.runtime.progress_enabled`).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -578,6 +580,11 @@ def actual_pruning_limit(
 
     evaluations: list[tuple[float, float]] = []
     cache: dict[int, float] = {}
+    from tqdm.auto import tqdm
+
+    from ..runtime import progress_enabled
+
+    bar = tqdm(desc="actual limit", unit="eval", disable=not progress_enabled(progress), leave=False)
 
     def pruned_score(k: int) -> float:
         if k in cache:
@@ -588,6 +595,7 @@ def actual_pruning_limit(
         s = score()
         cache[k] = s
         evaluations.append((k / total, s))
+        bar.update(1)
         return s
 
     try:
@@ -620,6 +628,7 @@ def actual_pruning_limit(
         return ActualLimit(removed / total, dense, cache[removed], (removed / total, hi / total), rule,
                            float(tolerance), evaluations)
     finally:
+        bar.close()
         for n, t in live.items():
             t.copy_(originals[n])
 
