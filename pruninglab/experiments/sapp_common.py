@@ -60,19 +60,31 @@ def build_pruner(
 
     if schedule not in ("imagenet", "criteo"):
         raise ValueError(f"schedule: expected 'imagenet' or 'criteo', got {schedule!r}")
-    phases_of = imagenet_phases if schedule == "imagenet" else criteo_phases
+    builder = imagenet_phases if schedule == "imagenet" else criteo_phases
+
+    def phases_of(kind: str):
+        phases = builder(total_steps, kind)
+        # A run only a few steps longer than the number of phases can get a schedule that does not
+        # end at total_steps (rounding); refuse it rather than train with a truncated schedule.
+        if phases[-1].end != total_steps or any(p.end > total_steps for p in phases):
+            raise ValueError(
+                f"steps: {total_steps} optimizer steps are too few for the {schedule} {kind!r} schedule of "
+                f"{len(phases)} phases; use at least {2 * len(phases)}"
+            )
+        return phases
+
     common = dict(sparsity=sparsity, block_size=block, min_blocks=min_blocks, layers=layers)
     if method == "sapp":
         from ..pruners.sequential_attention import SequentialAttentionPruner
 
-        return SequentialAttentionPruner(model, phases=phases_of(total_steps, "sapp"), ramp_c=ramp_c, **common)
+        return SequentialAttentionPruner(model, phases=phases_of("sapp"), ramp_c=ramp_c, **common)
     from ..pruners import acdc
 
     if method == "acdc":
-        return acdc.ACDCPruner(model, phases=phases_of(total_steps, "acdc"), keep_values=acdc_keep_values, **common)
+        return acdc.ACDCPruner(model, phases=phases_of("acdc"), keep_values=acdc_keep_values, **common)
     if method == "magnitude":
-        return acdc.BlockMagnitudePruner(model, phases=phases_of(total_steps, "magnitude"), **common)
-    return acdc.PowerPropPruner(model, phases=phases_of(total_steps, "magnitude"), **common)
+        return acdc.BlockMagnitudePruner(model, phases=phases_of("magnitude"), **common)
+    return acdc.PowerPropPruner(model, phases=phases_of("magnitude"), **common)
 
 
 def experiment_name(prefix: str, method: str, block: int, sparsity: float) -> str:

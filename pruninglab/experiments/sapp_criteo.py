@@ -130,6 +130,8 @@ def make_evaluate(val: CriteoBatches, dev: torch.device):
 
     @torch.no_grad()
     def evaluate(model: nn.Module) -> dict:
+        was_training = model.training
+        model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, correct, rows
         hist = torch.zeros(2, AUC_BINS, dtype=torch.float64, device=dev)
         for (ints, cats), labels in val.batches(0, 0):
@@ -141,6 +143,7 @@ def make_evaluate(val: CriteoBatches, dev: torch.device):
             b = (torch.sigmoid(logits) * AUC_BINS).long().clamp_(0, AUC_BINS - 1)
             hist[0].index_add_(0, b[labels < 0.5], torch.ones_like(b[labels < 0.5], dtype=torch.float64))
             hist[1].index_add_(0, b[labels > 0.5], torch.ones_like(b[labels > 0.5], dtype=torch.float64))
+        model.train(was_training)
         sums = all_reduce_sum(sums)
         hist = all_reduce_sum(hist)
         neg, pos = hist[0], hist[1]
