@@ -314,3 +314,20 @@ def test_state_dict_rejects_other_pruner_state():
     other = ACDCPruner(model3, 0.7, 4, ACDC_PHASES[:1] + (Phase("sparse", 8, 40),), min_blocks=4)
     with pytest.raises(ValueError, match="phase schedule"):
         other.load_state_dict(state)
+
+
+def test_schedules_cover_every_run_length_exactly():
+    # Short runs used to get phases ending after total_steps (rounding pushed the last boundary out).
+    from pruninglab.pruners.schedule import criteo_phases, imagenet_phases
+
+    for builder in (imagenet_phases, criteo_phases):
+        for method in ("sapp", "acdc", "magnitude"):
+            for total in range(1, 120):
+                try:
+                    phases = builder(total, method)
+                except ValueError:
+                    assert total < 21  # only runs shorter than the number of phases (at most 21) are refused
+                    continue
+                assert phases[0].start == 0 and phases[-1].end == total
+                assert all(a.end == b.start for a, b in zip(phases, phases[1:]))
+                assert all(p.end > p.start for p in phases)

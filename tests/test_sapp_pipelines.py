@@ -158,5 +158,5 @@ def test_cli_end_to_end_and_bad_input(tmp_path, capsys):
     assert "expected layout" in capsys.readouterr().err
     assert cli.main(["sapp-criteo", "--data", str(data), "--batch-size", "100", "--accumulate", "3"]) == 2
     assert "not divisible" in capsys.readouterr().err
-    assert cli.main(["sapp-criteo", "--data", str(data), "--method", "sapp", "--steps", "15"]) == 2
-    assert "too few for the criteo 'sapp' schedule of 15 phases" in capsys.readouterr().err
+    assert cli.main(["sapp-criteo", "--data", str(data), "--method", "sapp", "--steps", "10"]) == 2
+    assert "total_steps: 10 is too short for a schedule of 15 phases" in capsys.readouterr().err

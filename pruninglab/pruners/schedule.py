@@ -138,6 +138,7 @@ def phases_from_fractions(total_steps: int, parts: Sequence[tuple[str, Fraction]
     # A very short run may round two boundaries together; push them apart (each phase >= 1 step).
     for i in range(1, len(bounds)):
         bounds[i] = max(bounds[i], bounds[i - 1] + 1)
+    bounds[-1] = total_steps  # the forward pass may have pushed the end past the run; pull back from it
     for i in range(len(bounds) - 2, 0, -1):
         bounds[i] = min(bounds[i], bounds[i + 1] - 1)
     return tuple(Phase(kind, bounds[i], bounds[i + 1]) for i, (kind, _) in enumerate(parts))
