@@ -204,3 +204,129 @@ def test_cli_unknown_experiment():
 def test_cli_bench_unknown_benchmark():
     proc = _cli("bench", "--only", "no_such_benchmark")
     assert proc.returncode == 2 and "--only: no benchmark named" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- data files and folders
+
+
+def _criteo_with(tmp_path, lineno, edit):
+    from pruninglab.data.criteo import write_synthetic_criteo
+
+    good = tmp_path / "train.txt"
+    write_synthetic_criteo(good, rows=20, seed=0)
+    lines = good.read_text().splitlines(True)
+    lines[lineno - 1] = edit(lines[lineno - 1])
+    bad = tmp_path / "bad.txt"
+    bad.write_text("".join(lines))
+    return bad
+
+
+def test_criteo_line_with_wrong_field_count(tmp_path):
+    from pruninglab.data.criteo import CriteoBatches
+
+    bad = _criteo_with(tmp_path, 6, lambda line: "1\t2\t3\n")
+    with pytest.raises(ValueError, match=r"bad.txt, line 6: has 3 tab-separated fields, expected 40"):
+        list(CriteoBatches(bad, batch_size=4))
+
+
+def test_criteo_non_numeric_integer_field(tmp_path):
+    from pruninglab.data.criteo import CriteoBatches
+
+    def edit(line):
+        f = line.split("\t")
+        f[2] = "abc"
+        return "\t".join(f)
+
+    bad = _criteo_with(tmp_path, 4, edit)
+    with pytest.raises(ValueError, match=r"line 4: integer feature I2 \(field 3\) is 'abc'"):
+        list(CriteoBatches(bad, batch_size=4))
+
+
+def test_criteo_missing_file(tmp_path):
+    from pruninglab.data.criteo import CriteoBatches
+
+    with pytest.raises(FileNotFoundError, match="path: no Criteo TSV file"):
+        CriteoBatches(tmp_path / "none.txt", batch_size=4)
+
+
+def test_imagefolder_missing_shows_layout(tmp_path):
+    from pruninglab.data.imagenet import check_imagefolder
+
+    with pytest.raises(FileNotFoundError, match=r"(?s)root: .* is not a folder.*expected layout.*train/<class>"):
+        check_imagefolder(tmp_path / "nope")
+
+
+def test_imagefolder_empty_class(tmp_path):
+    from pruninglab.data.imagenet import check_imagefolder
+
+    (tmp_path / "train" / "n01440764").mkdir(parents=True)
+    with pytest.raises(ValueError, match="root: class folder .*n01440764 has no image files"):
+        check_imagefolder(tmp_path)
+
+
+def test_cifar_folder_missing(tmp_path):
+    from pruninglab.data.cifar import cifar_folder
+
+    with pytest.raises(FileNotFoundError, match="data: no cifar10 dataset.*cifar-10-batches-py"):
+        cifar_folder(tmp_path, "cifar10")
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    from pruninglab.data.images import load_image
+
+    path = tmp_path / "a.jpg"
+    path.write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=r"image: .*a.jpg is not a readable image"):
+        load_image(path, 16)
+
+
+# ----------------------------------------------------------------------------- geometry, blocks, sharpness
+
+
+def test_statistical_dimension_s_larger_than_d():
+    from pruninglab.limits.geometry import statistical_dimension_l1
+
+    with pytest.raises(ValueError, match=r"s: expected 0 <= s <= d = 10, got 11"):
+        statistical_dimension_l1(10, 11)
+
+
+def test_statistical_dimension_non_integer_and_zero_sizes():
+    from pruninglab.limits.geometry import statistical_dimension_group_l1, statistical_dimension_l1
+
+    with pytest.raises(ValueError, match="d: expected an integer"):
+        statistical_dimension_l1(10.5, 2)
+    with pytest.raises(ValueError, match="group_size: expected an integer >= 1"):
+        statistical_dimension_group_l1(10, 2, 0)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(sparsity=1.2, block_size=8), r"sparsity: expected a number in \[0, 1\)"),
+    (dict(sparsity=0.5, block_size=0), "block_size: expected a positive integer"),
+    (dict(sparsity=0.5, block_size=8, layers=["nope"]), "layers: 'nope' is not a Linear/Conv layer"),
+])
+def test_sapp_pruner_arguments(kwargs, pattern):
+    from pruninglab.pruners.schedule import imagenet_phases
+    from pruninglab.pruners.sequential_attention import SequentialAttentionPruner
+
+    with pytest.raises(ValueError, match=pattern):
+        SequentialAttentionPruner(nn.Sequential(nn.Linear(64, 64)), phases=imagenet_phases(100, "sapp"),
+                                  min_blocks=1, **kwargs)
+
+
+def test_bsr_rejects_a_mask_that_is_not_block_structured():
+    from pruninglab.pruners.bsr import to_block_sparse
+
+    torch.manual_seed(0)
+    masks = {"0.weight": torch.rand(64, 64) > 0.5}
+    with pytest.raises(ValueError, match=r"masks\['0.weight'\]: is not block-structured for block size 8x8"):
+        to_block_sparse(nn.Sequential(nn.Linear(64, 64)), masks, block_size=8)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [(dict(method="arnoldi"), "method: expected 'lanczos' or 'power'"),
+                                             (dict(k=0), "k: expected a positive integer")])
+def test_hessian_eigenvalues_arguments(kwargs, pattern):
+    from pruninglab.sharpness import hessian_eigenvalues
+
+    data = [(torch.randn(4, 6), torch.randint(0, 3, (4,)))]
+    with pytest.raises(ValueError, match=pattern):
+        hessian_eigenvalues(net(), nn.functional.cross_entropy, data, **kwargs)
