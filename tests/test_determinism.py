@@ -27,10 +27,13 @@ def text_outputs(chapter: str) -> list[str]:
                 os.environ[k] = v
     texts = []
     for cell in nb.cells:
+        # One string per cell: how the kernel splits a cell's stdout into messages varies with timing.
+        stdout = "".join(o["text"] for o in cell.get("outputs", [])
+                         if o.get("output_type") == "stream" and o.get("name") == "stdout")
+        if stdout:
+            texts.append(stdout)
         for out in cell.get("outputs", []):
-            if out.get("output_type") == "stream" and out.get("name") == "stdout":
-                texts.append(out["text"])
-            elif "data" in out and "text/plain" in out["data"]:
+            if "data" in out and "text/plain" in out["data"]:
                 # Figure objects print their memory address; keep everything else.
                 texts.append(re.sub(r" at 0x[0-9a-f]+", "", out["data"]["text/plain"]))
     return texts
