@@ -11,14 +11,7 @@ from scipy import integrate, optimize, special, stats
 from pruninglab.limits import geometry as geo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # These are many small tensor operations: on a busy 2-core machine a second intra-op thread only
-    # adds synchronisation waits (restored afterwards for the other test modules).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- closed forms

@@ -36,13 +36,7 @@ from pruninglab.masks import count_kept, ones_masks, prunable_parameters
 from pruninglab.pruners.magnitude import global_magnitude_masks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: on a loaded 2-core machine a second OpenMP thread makes each op ~10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- parameter counts

@@ -9,14 +9,7 @@ from pruninglab.limits import phase as ph
 from pruninglab.limits.geometry import statistical_dimension_group_l1, statistical_dimension_l1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # These are many small tensor operations: on a busy 2-core machine a second intra-op thread only
-    # adds synchronisation waits (restored afterwards for the other test modules).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problems(n, m, d, k, group_size=1, seed=0):

@@ -22,13 +22,7 @@ from pruninglab.masks import prunable_parameters
 from pruninglab.runtime import seed_everything
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: on a loaded 2-core machine a second OpenMP thread makes each op much slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_net(seed=0):

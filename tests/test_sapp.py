@@ -14,13 +14,7 @@ from pruninglab.runtime import seed_everything
 from pruninglab.train import make_loader, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: a second thread only adds synchronisation (and spins on a loaded machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # A short schedule with every kind of phase and transition (dense -> sparsify -> sparse -> dense -> ...).
