@@ -45,6 +45,91 @@ def _score_bits(score: torch.Tensor, name: str) -> torch.Tensor:
     return (s + 0.0).contiguous().view(torch.int32)
 
 
+def _magnitude_bits(t: torch.Tensor) -> torch.Tensor:
+    """int32 bit patterns of ``|t|`` as float32, flat, without an ``abs()`` copy: clear the sign bit.
+
+    This also maps -0.0 to +0.0. NaN/Inf map to patterns >= 0x7F800000 (checked on the histogram).
+    """
+    s = t.detach()
+    if s.dtype != torch.float32:
+        s = s.float()
+    return s.contiguous().view(torch.int32).reshape(-1) & 0x7FFFFFFF
+
+
+def _select_lowest(
+    names: list[str],
+    shapes: Mapping[str, torch.Size],
+    bits_of,
+    num_prune: int,
+    alive: Mapping[str, torch.Tensor | None],
+    dev: torch.device,
+    nonfinite_name=None,
+) -> Masks:
+    """The exact two-pass radix select behind :func:`lowest_score_masks` and :func:`global_magnitude_masks`.
+
+    ``bits_of(name)`` returns the flat int32 bit patterns of a layer's non-negative float32 scores
+    as a new tensor (it is modified in place); it is called once per pass, so only one layer's temporaries are alive at a time. ``alive[name]``
+    is a flat bool mask of the entries still eligible (None: all). ``nonfinite_name``, if given, is
+    called with the histogram when it has NaN/Inf entries (patterns >= 0x7F800000) and must raise.
+    """
+    def eligible(name: str, b: torch.Tensor) -> torch.Tensor:
+        m = alive[name]
+        return b if m is None else b[m]
+
+    # Pass 1: histogram of the top 16 bits, summed over layers (stays on the device).
+    hist_hi = torch.zeros(_HI_BINS, dtype=torch.int64, device=dev)
+    for name in names:
+        b = eligible(name, bits_of(name))
+        if b.numel():
+            # bits_of returns a fresh tensor, so shifting in place saves one layer-sized temporary
+            hist_hi += torch.bincount(b.bitwise_right_shift_(16).to(dev), minlength=_HI_BINS)
+    if nonfinite_name is not None and bool(hist_hi[0x7F80:].any()):
+        nonfinite_name()
+    cum_hi = torch.cumsum(hist_hi, 0)
+    hi = int(torch.searchsorted(cum_hi, torch.tensor([num_prune], device=dev))[0])
+    below_hi = int(cum_hi[hi - 1]) if hi > 0 else 0
+
+    # Pass 2: histogram of the low 16 bits inside the selected top bin.
+    hist_lo = torch.zeros(_LO_BINS, dtype=torch.int64, device=dev)
+    for name in names:
+        b = eligible(name, bits_of(name))
+        sel = b[(b >= (hi << 16)) & (b < ((hi + 1) << 16))]  # bool temporaries, not another int32 copy
+        if sel.numel():
+            hist_lo += torch.bincount((sel & 0xFFFF).to(dev), minlength=_LO_BINS)
+    cum_lo = torch.cumsum(hist_lo, 0)
+    need = num_prune - below_hi
+    lo = int(torch.searchsorted(cum_lo, torch.tensor([need], device=dev))[0])
+    threshold = (hi << 16) | lo
+    ties_to_prune = need - (int(cum_lo[lo - 1]) if lo > 0 else 0)
+
+    # Build masks: prune everything strictly below the threshold, then the first ties.
+    out: Masks = {}
+    for name in names:
+        bits = bits_of(name)
+        m = alive[name]
+        keep = bits > threshold
+        if m is not None:
+            keep &= m
+        if ties_to_prune > 0:
+            tie = bits == threshold
+            if m is not None:
+                tie &= m
+            n_tie = int(tie.sum())
+            if n_tie:
+                if n_tie <= ties_to_prune:
+                    ties_to_prune -= n_tie  # all ties of this layer are pruned
+                else:
+                    order = torch.cumsum(tie.to(torch.int64), 0)
+                    keep |= tie & (order > ties_to_prune)  # the first ties_to_prune are pruned
+                    ties_to_prune = 0
+        else:
+            # No more ties to prune: every remaining tie is kept.
+            tie = bits == threshold
+            keep |= tie if m is None else (tie & m)
+        out[name] = keep.reshape(shapes[name])
+    return out
+
+
 def lowest_score_masks(
     scores: Mapping[str, torch.Tensor],
     num_prune: int,
@@ -65,71 +150,35 @@ def lowest_score_masks(
     if isinstance(num_prune, bool) or int(num_prune) != num_prune or num_prune < 0:
         raise ValueError(f"num_prune: expected a non-negative integer, got {num_prune!r}")
     num_prune = int(num_prune)
-
-    alive: dict[str, torch.Tensor] = {}
-    n_alive = 0
-    for name, sc in scores.items():
-        m = masks[name].to(sc.device) if masks is not None and name in masks else None
-        alive[name] = m
-        n_alive += sc.numel() if m is None else int(m.sum())
+    alive, n_alive = _alive_masks(scores, masks)
     if num_prune > n_alive:
         raise ValueError(f"num_prune: {num_prune} exceeds the {n_alive} entries that are still unpruned")
-
-    def alive_bits(name: str) -> torch.Tensor:
-        bits = _score_bits(scores[name], name).reshape(-1)
-        m = alive[name]
-        return bits if m is None else bits[m.reshape(-1)]
-
-    out: Masks = {}
     if num_prune == 0:
-        for name, sc in scores.items():
-            m = alive[name]
-            out[name] = torch.ones_like(sc, dtype=torch.bool) if m is None else m.clone()
-        return out
+        return _unchanged_masks(scores, alive)
+    return _select_lowest(
+        list(scores), {n: t.shape for n, t in scores.items()},
+        lambda name: _score_bits(scores[name], name).reshape(-1),
+        num_prune, alive, next(iter(scores.values())).device,
+    )
 
-    # Pass 1: histogram of the top 16 bits, summed over layers (stays on the device).
-    dev = next(iter(scores.values())).device
-    hist_hi = torch.zeros(_HI_BINS, dtype=torch.int64, device=dev)
-    for name in scores:
-        b = alive_bits(name)
-        if b.numel():
-            hist_hi += torch.bincount((b >> 16).to(dev), minlength=_HI_BINS)
-    cum_hi = torch.cumsum(hist_hi, 0)
-    hi = int(torch.searchsorted(cum_hi, torch.tensor([num_prune], device=dev))[0])
-    below_hi = int(cum_hi[hi - 1]) if hi > 0 else 0
 
-    # Pass 2: histogram of the low 16 bits inside the selected top bin.
-    hist_lo = torch.zeros(_LO_BINS, dtype=torch.int64, device=dev)
-    for name in scores:
-        b = alive_bits(name)
-        sel = b[(b >> 16) == hi]
-        if sel.numel():
-            hist_lo += torch.bincount((sel & 0xFFFF).to(dev), minlength=_LO_BINS)
-    cum_lo = torch.cumsum(hist_lo, 0)
-    need = num_prune - below_hi
-    lo = int(torch.searchsorted(cum_lo, torch.tensor([need], device=dev))[0])
-    threshold = (hi << 16) | lo
-    ties_to_prune = need - (int(cum_lo[lo - 1]) if lo > 0 else 0)
+def _alive_masks(
+    tensors: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor] | None
+) -> tuple[dict[str, torch.Tensor | None], int]:
+    alive: dict[str, torch.Tensor | None] = {}
+    n_alive = 0
+    for name, t in tensors.items():
+        m = masks[name].to(t.device).reshape(-1) if masks is not None and name in masks else None
+        alive[name] = m
+        n_alive += t.numel() if m is None else int(m.sum())
+    return alive, n_alive
 
-    # Build masks: prune everything strictly below the threshold, then the first ties.
-    for name, sc in scores.items():
-        bits = _score_bits(sc, name)
+
+def _unchanged_masks(tensors: Mapping[str, torch.Tensor], alive: Mapping[str, torch.Tensor | None]) -> Masks:
+    out: Masks = {}
+    for name, t in tensors.items():
         m = alive[name]
-        keep = bits > threshold
-        tie = bits == threshold
-        if m is not None:
-            keep &= m
-            tie &= m
-        if ties_to_prune > 0 and bool(tie.any()):
-            flat_tie = tie.reshape(-1)
-            order = torch.cumsum(flat_tie.to(torch.int64), 0)
-            prune_tie = flat_tie & (order <= ties_to_prune)
-            keep_tie = flat_tie & ~prune_tie
-            ties_to_prune -= int(prune_tie.sum())
-            keep = keep | keep_tie.reshape(tie.shape)
-        elif bool(tie.any()):
-            keep = keep | tie
-        out[name] = keep
+        out[name] = torch.ones_like(t, dtype=torch.bool) if m is None else m.reshape(t.shape).clone()
     return out
 
 
@@ -179,8 +228,23 @@ def global_magnitude_masks(
         raise ValueError(
             f"sparsity: {s} is below the {already / total:.4f} already pruned by masks; pruning cannot un-prune"
         )
-    scores = {n: t.detach().abs() for n, t in named.items()}
-    return lowest_score_masks(scores, num_prune_total - already, masks)
+    num_prune = num_prune_total - already
+    if masks is not None:
+        check_masks(named, masks)
+    alive, _ = _alive_masks(named, masks)
+    if num_prune == 0:
+        return _unchanged_masks(named, alive)
+
+    def nonfinite() -> None:
+        for name, t in named.items():
+            if not bool(torch.isfinite(t.detach()).all()):
+                raise ValueError(f"params[{name!r}]: contains NaN or Inf values; cannot rank weights by magnitude")
+
+    # |w| is read off the bit patterns layer by layer (sign bit cleared): no copy of all magnitudes.
+    return _select_lowest(
+        list(named), {n: t.shape for n, t in named.items()}, lambda name: _magnitude_bits(named[name]),
+        num_prune, alive, next(iter(named.values())).device, nonfinite_name=nonfinite,
+    )
 
 
 def layerwise_magnitude_masks(
