@@ -226,11 +226,7 @@ class PowerPropPruner(BlockPruner):
                 p.mask.copy_(topk_block_mask(scores, kept_blocks(p.layout.num_blocks, self.sparsity)))
 
     def load_state_dict(self, state: Mapping) -> None:
-        self._check_state(state)
-        self._load_phase_state(state)
-        for n, m in state["block_masks"].items():
-            buf = self._params[n].mask
-            buf.copy_(m.to(device=buf.device, dtype=torch.bool))
+        self._load_mask_buffers(state, {n: p.mask for n, p in self._params.items()})
 
     @torch.no_grad()
     def finalize(self) -> dict[str, torch.Tensor]:

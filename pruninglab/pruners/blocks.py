@@ -415,6 +415,13 @@ class BlockPruner(PhasedHook):
                      block_masks={n: m.detach().clone() for n, m in self.block_masks.items()})
         return state
 
+    def _load_mask_buffers(self, state: Mapping, buffers: Mapping[str, torch.Tensor]) -> None:
+        """Restore a checkpointed state into pruners whose block masks live in model buffers."""
+        self._check_state(state)
+        self._load_phase_state(state)
+        for n, m in state["block_masks"].items():
+            buffers[n].copy_(m.to(device=buffers[n].device, dtype=torch.bool))
+
     def _check_state(self, state: Mapping) -> None:
         if not isinstance(state, Mapping) or "phase" not in state:
             raise ValueError("state: expected a dict made by this pruner's state_dict()")

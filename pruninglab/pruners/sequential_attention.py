@@ -164,11 +164,7 @@ class SequentialAttentionPruner(BlockPruner):
 
     # -- checkpoints
     def load_state_dict(self, state: Mapping) -> None:
-        self._check_state(state)
-        self._load_phase_state(state)
-        for n, m in state["block_masks"].items():
-            buf = self._params[n].mask
-            buf.copy_(m.to(device=buf.device, dtype=torch.bool))
+        self._load_mask_buffers(state, {n: p.mask for n, p in self._params.items()})
 
     # -- deployment
     @torch.no_grad()
