@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -304,12 +304,3 @@ class FixedMasks:
     def load_state_dict(self, state: Mapping) -> None:
         self.masks = {n: m.to(self.masks[n].device) if n in self.masks else m for n, m in state["masks"].items()}
 
-
-def masks_from_iterable(items: Iterable[tuple[str, torch.Tensor]]) -> Masks:
-    """Build a masks dict from ``(name, bool tensor)`` pairs, checking dtypes."""
-    out: Masks = {}
-    for name, m in items:
-        if m.dtype != torch.bool:
-            raise ValueError(f"masks[{name!r}]: expected a bool tensor, got {m.dtype}")
-        out[name] = m
-    return out
