@@ -42,6 +42,24 @@ from torch import nn
 from .runtime import atomic_torch_save, device as default_device, progress_enabled
 
 CHECKPOINT_NAME = "checkpoint.pt"
+
+# Exit status of a command-line run stopped by SIGTERM/SIGINT after it wrote its checkpoint (EX_TEMPFAIL:
+# "try again"); distinct from 1 (crash) and 2 (a user's mistake).
+PREEMPTED_EXIT_CODE = 75
+
+
+class Preempted(RuntimeError):
+    """Raised by :func:`train` after a SIGTERM/SIGINT: the current step finished and a checkpoint was written.
+
+    ``step`` is the number of completed steps, ``checkpoint`` the path of the checkpoint to resume from.
+    """
+
+    def __init__(self, step: int, checkpoint: "os.PathLike | str", signal_name: str = "SIGTERM"):
+        super().__init__(f"stopped by {signal_name} after step {step}; checkpoint written to {checkpoint}")
+        self.step = step
+        self.checkpoint = checkpoint
+        self.signal_name = signal_name
+
 LOG_NAME = "metrics.csv"
 
 
