@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU smoke run of the two full-size SA++ pipelines (issue 7, deliverable 8): a few hundred optimizer
+# GPU smoke run of the two full-size SA++ pipelines: a few hundred optimizer
 # steps of `sapp-imagenet` (torchvision ResNet-50, 224 px, bf16 autocast) and `sapp-criteo` (the
 # paper's MLP with 26 x 1M-row embedding tables, batch 32768, bf16 autocast) on generated data in
 # the real on-disk formats, then one JSON line with the measured throughput.

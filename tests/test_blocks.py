@@ -233,7 +233,7 @@ def test_schedules_tile_the_run(total, builder, method):
 
 
 def test_ramp_values_and_kept_blocks():
-    # The digest's values for s = 0.9, c = 4.
+    # Values worked out by hand from the ramp formula for s = 0.9, c = 4.
     got = [round(sparsity_ramp(t, 0.9), 3) for t in (0.1, 0.25, 0.5, 0.75)]
     assert got == [0.302, 0.580, 0.793, 0.871]
     assert sparsity_ramp(1.0, 0.9) == pytest.approx(0.9) and sparsity_ramp(0.0, 0.9) == 0.0

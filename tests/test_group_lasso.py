@@ -10,7 +10,7 @@ from pruninglab.limits import group_lasso as gl
 # ---------------------------------------------------------------- mask/penalty identities
 
 
-def test_reference_values_from_the_digest():
+def test_reference_values_worked_out_independently():
     # q(1.3) = 0.86498 (Lemma 2.1) and the group-l2/3 term 2.25111 at a = 1.3 (Lemma 2.2).
     assert abs(float(gl.lambert_q(1.3)) - 0.86498) < 5e-6
     assert abs(float(gl.mask_penalty("l1", 1.3)) - 2.25111) < 5e-6

@@ -49,7 +49,7 @@ def test_paper_parameter_counts():
     assert sum(p.numel() for p in weights.values()) == 197_888 == siren_weight_count() == net.num_weights()
     biases = sum(p.numel() for n, p in net.named_parameters() if n.endswith("bias"))
     assert biases == 1_027
-    # The digest's table (every printed count), recomputed with the floor.
+    # Expected kept counts per round (every printed count), recomputed with the floor.
     table = {0: 197_888, 4: 81_056, 6: 51_876, 8: 33_201, 9: 26_561, 10: 21_249, 11: 17_000, 12: 13_600,
              13: 10_880, 14: 8_704, 15: 6_964, 17: 4_458, 19: 2_854, 20: 2_284}
     counts = pruned_counts(197_888, 20)
@@ -86,7 +86,7 @@ def test_paper_count_reached_by_fourteen_magnitude_rounds():
     for _ in range(14):
         prune_round(obj, "magnitude", 0.2)
     assert count_kept(obj.masks) == 8_704
-    # The scale argument of the digest: first-layer weights (~0.5) are ~650x larger, never pruned.
+    # The scale argument: first-layer weights (~0.5) are ~650x larger, never pruned.
     assert bool(obj.masks["layers.0.weight"].all())
     named = dict(net.named_parameters())
     assert all(int((named[n] != 0).sum()) == int(m.sum()) for n, m in obj.masks.items())

@@ -44,7 +44,7 @@ DATASETS = ("digits", "cifar10", "cifar100")
 #: The dataset each of the paper's models is trained on in the paper.
 PAPER_DATASET = {"fc5": "cifar10", "fc12": "cifar10", "alexnet": "cifar10", "vgg16": "cifar10",
                  "resnet18": "cifar100", "resnet50": "cifar100"}
-#: The paper's per-task settings (from its code, as summarised in our digest): learning rate,
+#: The paper's per-task settings (from its public code): learning rate,
 #: warm-up epochs, schedule, l1 strength, Lanczos steps, and whether the zero-eigenvalue mass is
 #: estimated from Hessian rows.
 PAPER_SETTINGS: dict[str, dict[str, Any]] = {

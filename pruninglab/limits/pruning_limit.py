@@ -421,7 +421,7 @@ def kinematic_band(
     """Our reconstruction of a lower and an upper bound: solve ``p = G(R(p)) -+ a_eta / sqrt(D)``.
 
     Defined in book/pruning_limit.md. This is **not** the paper's theorem (its statements are not in
-    our digest): it is the kinematic formula's transition window applied to the width ``G``, under
+    the text available to us): it is the kinematic formula's transition window applied to the width ``G``, under
     the same ellipsoid approximation and with ``G`` standing in for the statistical dimension.
     ``D`` is the Hessian dimension. Returns ``(lower, upper)``.
     """
