@@ -201,14 +201,21 @@ def _float64_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch
 
 
 def _width_and_epsilon(model: nn.Module, data: DigitsData, config: MovesConfig, seed: int):
-    """``(WidthSpectrum, epsilon, nodes, weights)`` of ``model`` on the training split."""
+    """``(WidthSpectrum, epsilon, nodes, weights)`` of ``model`` on the training split.
+
+    ``epsilon`` is 0.0 when the training loss is the same (in float64, typically exactly 0) on every
+    minibatch: the sublevel set then has no width to measure and no prediction is made.
+    """
     from ..sharpness import hessian_spectrum
 
     loss_fn = nn.functional.cross_entropy
     # The softmax in float64: a network with large weights fits the training set so well that
     # float32 losses round to the same value on every batch and their spread would read as 0.
-    eps = loss_noise_epsilon(model, _float64_cross_entropy,
-                             data.train_batches(seed_offset=1000 + seed))
+    try:
+        eps = loss_noise_epsilon(model, _float64_cross_entropy,
+                                 data.train_batches(seed_offset=1000 + seed))
+    except ValueError:
+        eps = 0.0
     dim = sum(p.numel() for p in model.parameters())
     gen = torch.Generator().manual_seed(seed)
     nodes, weights = hessian_spectrum(model, loss_fn, data.hessian_batches(),
@@ -221,7 +228,8 @@ def measure_limit(model: nn.Module, data: DigitsData, config: MovesConfig, *,
     """Predicted and actual pruning limit of a trained (possibly already pruned) network.
 
     Defined in book/limit_moves.md. Returns ``dense_accuracy``, ``epsilon``, ``predicted`` (the
-    fixed point of ``p = G(R(p))`` with the SLQ spectrum over all parameters), ``actual`` (largest
+    fixed point of ``p = G(R(p))`` with the SLQ spectrum over all parameters; ``None`` when
+    ``epsilon`` is 0), ``actual`` (largest
     removed fraction of one-shot global magnitude pruning, no fine-tuning, whose test accuracy is
     at the network's own unpruned level, by the library's default rule), ``already_removed`` (the
     share of weights that were zero before), ``top_eigenvalue``, ``abs_trace`` and
@@ -230,14 +238,14 @@ def measure_limit(model: nn.Module, data: DigitsData, config: MovesConfig, *,
     dense = data.accuracy(model)
     ws, eps, nodes, weights = _width_and_epsilon(model, data, config, seed)
     radius = MagnitudeRadius(model)
-    pred = predicted_pruning_limit(radius, ws, eps)
+    pred = predicted_pruning_limit(radius, ws, eps).removed if eps > 0 else None
     actual = actual_pruning_limit(model, data.accuracy, progress=False)
     prunable = list(prunable_parameters(model).values())
     zeros = sum(int((w == 0).sum()) for w in prunable)
     return {
         "dense_accuracy": dense,
         "epsilon": eps,
-        "predicted": pred.removed,
+        "predicted": pred,
         "actual": actual.removed,
         "actual_rule": actual.rule,
         "already_removed": zeros / radius.num_weights,
