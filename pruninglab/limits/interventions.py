@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .._checks import finite_float, fraction, nonnegative_float, one_of, positive_float, positive_int
+from .._checks import fraction, nonnegative_float, one_of, positive_float, positive_int
 from ..masks import FixedMasks, apply_masks, prunable_parameters
 from ..pruners.magnitude import global_magnitude_masks, layerwise_magnitude_masks, random_masks
 from .pruning_limit import (
@@ -65,7 +65,8 @@ class MovesConfig:
     the LOMP networks. IMP: ``imp_rounds`` rounds, each pruning ``imp_rate`` of the surviving weights
     and retraining for ``retrain_epochs``. ``weight_decays``: the l2 strengths of the l2 experiment;
     ``scales``: the factors of the scaling experiment; ``sparsities``: the removed fractions of the
-    pruner comparison. The spectrum is stochastic Lanczos quadrature with ``lanczos_steps`` steps
+    pruner comparison, where LOMP's network is trained with the stronger penalty ``lomp_l1`` (chosen
+    for high sparsity; ``l1`` is the strength the limit experiments use). The spectrum is stochastic Lanczos quadrature with ``lanczos_steps`` steps
     over the whole training split; ``epsilon`` is the standard deviation of the training loss over
     minibatches of ``batch_size``.
     """
@@ -82,6 +83,7 @@ class MovesConfig:
     weight_decays: tuple[float, ...] = (0.0, 1e-3, 3e-3, 1e-2)
     scales: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0)
     sparsities: tuple[float, ...] = (0.9, 0.95, 0.98)
+    lomp_l1: float = 1e-3
     lanczos_steps: int = 64
     seeds: tuple[int, ...] = (0,)
 
@@ -91,6 +93,7 @@ class MovesConfig:
         for i, h in enumerate(self.hidden):
             positive_int(h, f"hidden[{i}]")
         nonnegative_float(self.l1, "l1")
+        nonnegative_float(self.lomp_l1, "lomp_l1")
         positive_float(self.lr, "lr")
         fraction(self.momentum, "momentum")
         for name in ("epochs", "batch_size", "imp_rounds", "retrain_epochs", "lanczos_steps"):
@@ -282,16 +285,21 @@ def iterative_pruning_limits(config: MovesConfig, data: DigitsData, *, seed: int
     return rows
 
 
-def l2_limits(config: MovesConfig, data: DigitsData, *, seed: int = 0,
-              l1: float = 0.0) -> list[dict[str, float]]:
+def l2_limits(config: MovesConfig, data: DigitsData, *, seed: int = 0, l1: float = 0.0,
+              base: nn.Module | None = None) -> list[dict[str, float]]:
     """The limit of networks trained with each l2 strength in ``config.weight_decays`` (Fig. 4, right).
 
     Defined in book/limit_moves.md. Same initialisation and data order for every strength; ``l1``
     (default 0: plain training, so that only l2 acts on the weights) is added to every run.
+    ``base``, if given, is the network already trained with weight decay 0 (it is measured, not
+    retrained).
     """
     rows = []
     for wd in config.weight_decays:
-        model = train_network(config, data, l1=l1, weight_decay=wd, seed=seed)
+        if wd == 0 and base is not None:
+            model = base
+        else:
+            model = train_network(config, data, l1=l1, weight_decay=wd, seed=seed)
         rows.append({"weight_decay": wd, **measure_limit(model, data, config, seed=seed)})
     return rows
 
@@ -380,14 +388,14 @@ def compare_pruners(config: MovesConfig, data: DigitsData, *, seed: int = 0,
                     plain: nn.Module | None = None) -> dict[str, Any]:
     """Accuracy of each pruner at each of ``config.sparsities``. Defined in book/limit_moves.md.
 
-    ``lomp`` (trained with ``config.l1``) and ``plain`` (trained without penalty) are trained here
+    ``lomp`` (trained with ``config.lomp_l1``) and ``plain`` (trained without penalty) are trained here
     unless given. Returns ``{"dense_lomp", "dense_plain", "accuracy": {pruner: [acc per
     sparsity]}}``.
     """
     for p in pruners:
         one_of(p, "pruners", PRUNERS)
     if lomp is None:
-        lomp = train_network(config, data, l1=config.l1, seed=seed)
+        lomp = train_network(config, data, l1=config.lomp_l1, seed=seed)
     if plain is None:
         plain = train_network(config, data, seed=seed)
     acc = {p: [prune_and_score(p, s, lomp=lomp, plain=plain, data=data, config=config, seed=seed)
@@ -408,9 +416,9 @@ def run(config: MovesConfig) -> dict[str, Any]:
         plain = train_network(config, data, seed=seed)
         out["seeds"][str(seed)] = {
             "imp": iterative_pruning_limits(config, data, seed=seed, model=lomp),
-            "l2": l2_limits(config, data, seed=seed),
+            "l2": l2_limits(config, data, seed=seed, base=plain),
             "scaling": scaled_limits(lomp, data, config, seed=seed),
-            "pruners": compare_pruners(config, data, seed=seed, lomp=lomp, plain=plain),
+            "pruners": compare_pruners(config, data, seed=seed, plain=plain),
         }
     return out
 
