@@ -1,4 +1,4 @@
-"""What moves the pruning limit: the interventions of Zhang et al. (NeurIPS 2024), Sec. 6 and App.
+"""What moves the pruning limit: the interventions of Zhang et al. (NeurIPS 2024), Figs. 4 and 7.
 
 Defined in book/limit_moves.md.
 
@@ -7,9 +7,9 @@ weights that pruning removes (smaller ``R``) or flattens the loss (larger ``G``)
 that can be removed. This module runs the three experiments of that argument on one classifier:
 
 - :func:`iterative_pruning_limits`: iterative magnitude pruning with retraining (IMP), and the
-  limit measured after every round (the paper's Fig. 4, left);
+  limit measured after every round (the paper's Fig. 4);
 - :func:`l2_limits`: training with l2 regularisation (weight decay) of growing strength, and the limit
-  of each network (Fig. 4, right);
+  of each network (Fig. 4);
 - :func:`scaled_limits`: a trained network's prunable weights multiplied by ``c = 2..5``, and the limit
   of each scaled copy (Fig. 7);
 - :func:`compare_pruners`: accuracy at high sparsity of LOMP (l1 training + one-shot global magnitude
@@ -261,7 +261,7 @@ def measure_limit(model: nn.Module, data: DigitsData, config: MovesConfig, *,
 def iterative_pruning_limits(config: MovesConfig, data: DigitsData, *, seed: int = 0,
                              l1: float | None = None,
                              model: nn.Module | None = None) -> list[dict[str, float]]:
-    """The limit after each round of iterative magnitude pruning with retraining (Fig. 4, left).
+    """The limit after each round of iterative magnitude pruning with retraining (Fig. 4).
 
     Defined in book/limit_moves.md. Round 0 is the dense network trained with ``l1`` (default: the
     config's, i.e. LOMP's training; or ``model``, already trained, which is then not modified);
@@ -287,7 +287,7 @@ def iterative_pruning_limits(config: MovesConfig, data: DigitsData, *, seed: int
 
 def l2_limits(config: MovesConfig, data: DigitsData, *, seed: int = 0, l1: float = 0.0,
               base: nn.Module | None = None) -> list[dict[str, float]]:
-    """The limit of networks trained with each l2 strength in ``config.weight_decays`` (Fig. 4, right).
+    """The limit of networks trained with each l2 strength in ``config.weight_decays`` (Fig. 4).
 
     Defined in book/limit_moves.md. Same initialisation and data order for every strength; ``l1``
     (default 0: plain training, so that only l2 acts on the weights) is added to every run.
