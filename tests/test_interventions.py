@@ -115,3 +115,33 @@ def test_prune_and_score_leaves_inputs_alone_and_checks_names(tiny):
         iv.prune_and_score("obd", 0.5, lomp=model, plain=model, data=data, config=config)
     with pytest.raises(ValueError, match="^sparsity"):
         iv.prune_and_score("lomp", 1.0, lomp=model, plain=model, data=data, config=config)
+
+
+def test_full_preset_is_the_papers_fc5_setting():
+    full = iv.MovesConfig.full()
+    assert (full.dataset, full.model, full.lr, full.l1, full.epochs, full.batch_size) == (
+        "cifar10", "fc5", 0.01, 5e-5, 200, 128)
+    assert full.lanczos_steps == 128 and full.hessian_samples is None
+
+
+def test_run_on_a_generated_cifar_folder(tmp_path):
+    # The CIFAR code path end to end, on a tiny generated folder in the real layout.
+    from pruninglab.data.cifar import write_cifar
+
+    root = write_cifar(tmp_path, "cifar10", train_per_file=16, num_test=40)
+    config = iv.MovesConfig(dataset="cifar10", model="mlp", hidden=(8,), epochs=2, batch_size=16,
+                            retrain_epochs=1, imp_rounds=1, lanczos_steps=4, hessian_samples=40,
+                            weight_decays=(0.0,), scales=(1.0, 2.0), sparsities=(0.5,))
+    out = iv.run(config, data_dir=str(root), device="cpu")
+    res = out["seeds"]["0"]
+    assert [r["round"] for r in res["imp"]] == [0, 1]
+    assert len(res["l2"]) == 1 and len(res["scaling"]) == 2
+    assert set(res["pruners"]["accuracy"]) == set(iv.PRUNERS)
+    assert out["config"]["dataset"] == "cifar10"
+
+
+def test_config_rejects_cifar_models_on_digits():
+    with pytest.raises(ValueError, match="^model"):
+        iv.MovesConfig(model="fc5")
+    with pytest.raises(ValueError, match="^dataset"):
+        iv.MovesConfig(dataset="mnist")
