@@ -227,10 +227,6 @@ class TaskData:
         return int(correct) / len(self.y_test)
 
 
-#: The name the book's first version used for the digits data.
-DigitsData = TaskData
-
-
 def build_network(config: MovesConfig, num_classes: int = 10, seed: int = 0) -> nn.Module:
     """The network of ``config`` with the initialisation of ``seed``. Defined in book/limit_moves.md."""
     from .. import models
@@ -513,7 +509,6 @@ __all__ = [
     "DATASETS",
     "MovesConfig",
     "TaskData",
-    "DigitsData",
     "build_network",
     "train_network",
     "measure_limit",
