@@ -584,9 +584,11 @@ class _Loop:
         total = all_reduce_sum(st.loss_sum) / self.world if self.world > 1 else st.loss_sum
         mean = float(total) / st.loss_steps
         if not math.isfinite(mean):
+            first, last = st.checked_step + 1, st.step
+            where = f"at step {last}" if first == last else f"between steps {first} and {last}"
             raise FloatingPointError(
-                f"train: the loss became non-finite ({mean}) between steps {st.checked_step + 1} and {st.step} "
-                f"(it is read every {self.log_every} steps); lower the learning rate or check the data"
+                f"train: the loss became non-finite ({mean}) {where} (it is read every {self.log_every} "
+                "steps); lower the learning rate or check the data"
             )
         st.checked_step = st.step
         self.bar.set_postfix(loss=f"{mean:.4g}")
