@@ -480,8 +480,10 @@ class _Loop:
             self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         running = ckpt.get("running_loss")
-        if isinstance(running, Mapping):
-            self.state.loss_sum = running["sum"].to(device=self.dev, dtype=self.acc_dtype)
+        if isinstance(running, Mapping):  # one sum per process (see checkpoint())
+            sums = running["sum"].reshape(-1)
+            mine = sums[self.rank] if sums.numel() == self.world else sums.sum() / self.world
+            self.state.loss_sum = mine.to(device=self.dev, dtype=self.acc_dtype)
             self.state.loss_steps = int(running["steps"])
         elif running is not None:  # older checkpoints: [float sum, count]
             self.state.loss_sum = torch.tensor(float(running[0]), dtype=self.acc_dtype, device=self.dev)
@@ -632,6 +634,10 @@ class _Loop:
             return self.ckpt_path
         t = time.perf_counter()
         self.check_loss()  # never write weights trained on a non-finite loss over a good checkpoint
+        # Every process's running loss sum (each saw other rows), so each resumes with its own.
+        sums = torch.zeros(self.world, dtype=self.acc_dtype, device=self.dev)
+        sums[self.rank] = st.loss_sum
+        sums = all_reduce_sum(sums)
         if self.is_main:
             save_checkpoint({
                 "step": st.step,
@@ -643,7 +649,7 @@ class _Loop:
                 "rng": rng_state(),
                 "config_json": json.dumps(self.cfg, sort_keys=True),
                 # The loss summed since the last row, so a resumed run logs the same mean.
-                "running_loss": {"sum": st.loss_sum.detach().cpu(), "steps": st.loss_steps},
+                "running_loss": {"sum": sums.cpu(), "steps": st.loss_steps},
                 "metrics_json": json.dumps(_jsonable(st.metrics)),
             }, self.ckpt_path)
         st.last_saved = st.step
