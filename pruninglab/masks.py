@@ -286,7 +286,7 @@ def from_torch_prune(model: nn.Module, remove: bool = False) -> Masks:
 class MaskHook:
     """Training hook that keeps pruned weights exactly zero: ``w *= mask`` after every optimizer step.
 
-    Defined in book/intro.md. Used with :func:`pruninglab.train.train` (``hooks=[MaskHook(masks)]``).
+    The training loop's one mask hook: use it with :func:`pruninglab.train.train` (``hooks=[MaskHook(masks)]``).
 
     ``masks`` is either a fixed dict (saved in and restored from checkpoints) or a function
     ``model -> masks`` for masks that live in the model itself (as buffers, already checkpointed

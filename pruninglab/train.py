@@ -499,8 +499,9 @@ class _Loop:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.step_model = DDP(self.model, device_ids=[self.dev.index] if self.dev.type == "cuda" else None)
-        if self.compile_model:
-            self.step_model = torch.compile(self.step_model)
+        if self.compile_model:  # True, or a dict of torch.compile options such as {"mode": "max-autotune"}
+            options = dict(self.compile_model) if isinstance(self.compile_model, Mapping) else {}
+            self.step_model = torch.compile(self.step_model, **options)
         st = self.state
         self.end = self.steps if self.stop_after is None else min(self.steps, st.start_step + self.stop_after)
         self.stream = BatchStream(self.data, self.k, st.start_step)
@@ -519,7 +520,7 @@ class _Loop:
         if self.hooks.step_start(st.step, model):
             # Phase boundary: reset momentum / Adam moments (SA++ and ACDC call this "crucial").
             self.optimizer.state.clear()
-            self.checkpoint()
+            self.checkpoint(force=True)
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), dtype=self.acc_dtype, device=self.dev)
         for micro in range(self.k):
@@ -627,10 +628,14 @@ class _Loop:
 
     # -- checkpoint --------------------------------------------------------------------------------
 
-    def checkpoint(self) -> Path | None:
-        """Write the checkpoint for the current step (rank 0; every rank checks the loss first)."""
+    def checkpoint(self, force: bool = False) -> Path | None:
+        """Write the checkpoint for the current step (rank 0; every rank checks the loss first).
+
+        Skipped if one was written at this step already, unless ``force`` (a phase boundary changed
+        the hooks' and the optimizer's state since).
+        """
         st = self.state
-        if self.ckpt_path is None or st.last_saved == st.step:
+        if self.ckpt_path is None or (st.last_saved == st.step and not force):
             return self.ckpt_path
         t = time.perf_counter()
         self.check_loss()  # never write weights trained on a non-finite loss over a good checkpoint
@@ -715,7 +720,7 @@ def train(
     desc: str = "train",
     accumulate: int = 1,
     distributed_eval: bool = False,
-    compile: bool = False,
+    compile: bool | Mapping[str, Any] = False,
     cudnn_benchmark: bool | None = None,
     tf32: bool = True,
     handle_signals: bool = True,
@@ -752,7 +757,7 @@ def train(
     per-rank results, e.g. with :func:`all_reduce_sum`); otherwise only rank 0 evaluates.
 
     GPU options: ``amp`` (default on CUDA: bf16 autocast, or fp16 with a gradient scaler),
-    ``compile=True`` runs the forward through ``torch.compile``, ``cudnn_benchmark`` (default on
+    ``compile=True`` runs the forward through ``torch.compile`` (a dict passes options to it), ``cudnn_benchmark`` (default on
     CUDA unless deterministic algorithms were asked for) autotunes convolutions for fixed shapes,
     ``tf32`` (default on) lets float32 products use TF32 during training; all are restored afterwards.
     """

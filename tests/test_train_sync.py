@@ -129,3 +129,17 @@ def test_checkpoint_is_not_written_over_with_non_finite_weights(tmp_path):
         train(model, loss_fn, loader, opt, steps=40, log_every=50, checkpoint_every=5, out_dir=tmp_path)
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ck["step"] == 10 and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def test_compile_option_trains_the_same_weights(tmp_path):
+    """``compile`` wraps only the forward: hooks and checkpoints see the bare module (the eager backend
+    keeps this test fast; inductor is what ``compile=True`` uses on a GPU)."""
+    finals = []
+    for option, out in ((False, tmp_path / "eager"), ({"backend": "eager"}, tmp_path / "compiled")):
+        model, opt, sched, loader, masks = problem()
+        train(model, nn.functional.cross_entropy, loader, opt, steps=8, scheduler=sched, hooks=[MaskHook(masks)],
+              compile=option, out_dir=out)
+        finals.append(model.state_dict())
+        assert set(torch.load(out / "checkpoint.pt", weights_only=True)["model"]) == set(model.state_dict())
+    for k in finals[0]:
+        assert torch.allclose(finals[0][k], finals[1][k], atol=1e-6), k
