@@ -18,8 +18,8 @@ Columns, in order of first appearance:
     the share of that time the loop spent waiting for the next batch (near 0: the input pipeline
     keeps up; near 1: the device waits for data);
 ``peak_mem_gib``
-    on CUDA the peak memory allocated by tensors on the device since the run started
-    (``torch.cuda.max_memory_allocated``); on a CPU the peak resident memory of the whole process
+    on CUDA the peak memory allocated by tensors on the device since this call of ``train`` started
+    (``torch.cuda.max_memory_allocated``, reset at the start); on a CPU the peak resident memory of the whole process
     (``resource.getrusage(...).ru_maxrss``), which includes Python and the libraries; blank where
     neither is available;
 then the metrics returned by ``evaluate``, then ``wall_s`` (seconds since the start of this call).
@@ -55,7 +55,7 @@ def count_rows(path: str | os.PathLike) -> int:
 
 
 def peak_memory_gib(dev: torch.device) -> float | None:
-    """Peak memory in GiB: CUDA tensors on ``dev`` since the start, or the process's peak RSS on a CPU."""
+    """Peak memory in GiB: CUDA tensors on ``dev`` since the last reset, or the process's peak RSS on a CPU."""
     if dev.type == "cuda":
         return torch.cuda.max_memory_allocated(dev) / 2**30
     try:

@@ -510,6 +510,8 @@ class _Loop:
         self.bar = tqdm(total=self.steps, initial=st.start_step, desc=self.desc, dynamic_ncols=True,
                         disable=not (progress_enabled(self.progress) and self.is_main))
         self.model.train()
+        if self.dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.dev)  # peak_mem_gib: the peak of this call
         self.t0 = st.interval_t0 = time.perf_counter()
 
     # -- step: forward, backward, update (no host synchronisation) ---------------------------------
