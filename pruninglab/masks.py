@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -283,24 +283,52 @@ def from_torch_prune(model: nn.Module, remove: bool = False) -> Masks:
     return masks
 
 
-class FixedMasks:
-    """Training hook that keeps pruned weights exactly zero after every optimizer step.
+class MaskHook:
+    """Training hook that keeps pruned weights exactly zero: ``w *= mask`` after every optimizer step.
 
-    Defined in book/intro.md. Used with :func:`pruninglab.train.train` (``hooks=[FixedMasks(masks)]``).
+    The training loop's one mask hook: use it with :func:`pruninglab.train.train` (``hooks=[MaskHook(masks)]``).
+
+    ``masks`` is either a fixed dict (saved in and restored from checkpoints) or a function
+    ``model -> masks`` for masks that live in the model itself (as buffers, already checkpointed
+    with the model). ``module`` (a function ``model -> module``, default the model itself) picks
+    the module whose parameter names the masks use, e.g. ``lambda objective: objective.inr``.
+    ``FixedMasks`` is the same class under its older name.
+
+    Example::
+
+        masks = global_magnitude_masks(model, 0.9)
+        apply_masks(model, masks)
+        train(model, loss_fn, loader, optimizer, steps=100, hooks=[MaskHook(masks)])
     """
 
-    def __init__(self, masks: Mapping[str, torch.Tensor]):
-        self.masks = dict(masks)
-
-    def on_step_start(self, step: int, model: nn.Module) -> bool:
-        return False
+    def __init__(self, masks: Mapping[str, torch.Tensor] | Callable[[nn.Module], Mapping[str, torch.Tensor]],
+                 module: Callable[[nn.Module], nn.Module] | None = None):
+        if callable(masks):
+            self._masks_of = masks
+            self.masks = None
+        elif isinstance(masks, Mapping):
+            self._masks_of = None
+            self.masks = dict(masks)
+        else:
+            raise ValueError(f"masks: expected a dict of parameter name -> bool tensor or a function of the model, "
+                             f"got {type(masks).__name__}")
+        self._module_of = module
 
     def on_step_end(self, step: int, model: nn.Module) -> None:
-        apply_masks(model, self.masks)
+        masks = self._masks_of(model) if self._masks_of is not None else self.masks
+        if masks:
+            apply_masks(self._module_of(model) if self._module_of is not None else model, masks)
 
     def state_dict(self) -> dict:
+        if self._masks_of is not None:
+            return {}
         return {"masks": {n: m.cpu() for n, m in self.masks.items()}}
 
     def load_state_dict(self, state: Mapping) -> None:
+        if self._masks_of is not None:
+            return
         self.masks = {n: m.to(self.masks[n].device) if n in self.masks else m for n, m in state["masks"].items()}
+
+
+FixedMasks = MaskHook
 

@@ -8,6 +8,7 @@ results to the same place with the same provenance.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -32,20 +33,20 @@ PROJECT_ROOT: Path | None = (
 
 
 def device(prefer: str | None = None) -> torch.device:
-    """The device to run on: ``cuda``, then ``mps``, then ``cpu``.
+    """The device to run on: ``cuda`` if available, else ``cpu``.
 
     Defined in book/intro.md.
 
     ``prefer`` (or the environment variable ``PRUNINGLAB_DEVICE``) overrides the choice,
     e.g. ``"cpu"`` or ``"cuda:1"``; ``"auto"`` means the default order.
+
+    Apple's ``mps`` is never picked automatically: it has no float64, which the curvature and
+    convex-geometry code needs, so an automatic choice would fail there with an obscure error.
+    Ask for it explicitly (``prefer="mps"`` or ``PRUNINGLAB_DEVICE=mps``) for float32 training.
     """
     choice = prefer or os.environ.get("PRUNINGLAB_DEVICE", "auto")
     if choice in ("", "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     try:
         dev = torch.device(choice)
     except RuntimeError as err:
@@ -54,7 +55,36 @@ def device(prefer: str | None = None) -> torch.device:
         ) from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {choice!r} was asked for but CUDA is not available on this machine")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                  and torch.backends.mps.is_available()):
+        raise ValueError(f"device: {choice!r} was asked for but MPS is not available on this machine")
     return dev
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """Within the block, CUDA float32 matrix products and convolutions use TF32 (``enabled``) or not.
+
+    TF32 keeps 10 mantissa bits: about 1e-3 relative error per product, several times faster on
+    Ampere and later GPUs. The training loop turns it on; curvature and pruning-limit code, whose
+    Hessian products and eigenvalues need full float32, runs under :func:`tf32_disabled`. The
+    previous settings are restored on exit. No effect on CPUs.
+    """
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+              torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[0], before[1]
+        torch.set_float32_matmul_precision(before[2])
+
+
+def tf32_disabled():
+    """``with tf32_disabled(): ...`` runs float32 CUDA products at full precision (see :func:`tf32`)."""
+    return tf32(False)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:

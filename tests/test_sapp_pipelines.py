@@ -14,6 +14,7 @@ from pruninglab import cli
 from pruninglab.data.criteo import write_synthetic_criteo
 from pruninglab.data.imagenet import make_imagefolder
 from pruninglab.experiments import sapp_criteo, sapp_imagenet
+from pruninglab.runlog import TIMING_COLUMNS
 from pruninglab.train import make_loader, train
 
 TIMING_KEYS = {"train_rows_per_s", "train_images_per_s"}
@@ -39,7 +40,7 @@ def criteo_config(**kw):
 
 def log_rows(run_dir):
     with open(run_dir / "metrics.csv") as fh:
-        return [{k: v for k, v in r.items() if k != "wall_s"} for r in csv.DictReader(fh)]
+        return [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in csv.DictReader(fh)]
 
 
 def assert_same_run(a, b):

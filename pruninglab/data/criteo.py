@@ -274,7 +274,7 @@ class CriteoBatches:
         rank: int | None = None,
         world_size: int | None = None,
     ):
-        from ..train import dist_info
+        from ..distributed import dist_info
 
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")

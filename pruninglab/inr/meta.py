@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ..masks import check_masks
+from ..masks import MaskHook, check_masks
 
 __all__ = [
     "masked",
@@ -200,18 +200,15 @@ class MetaObjective(nn.Module):
                                    steps=self.inner_steps, lr=self.inner_lr, first_order=self.first_order)
 
 
-class KeepMasked:
+class KeepMasked(MaskHook):
     """Training hook: after every outer step set ``p = p * m`` on the raw parameters.
 
     Defined in book/meta_sparse_inr.md. The forward already multiplies by the masks, so pruned
     entries get zero gradient; but Adam's moments from before a pruning round would still move
     their raw values. Zeroing them after each step keeps counts and exported weights exact. The
-    masks live in the :class:`MetaObjective`, so this hook has no state of its own.
+    masks live in the :class:`MetaObjective`, so this hook has no state of its own: it is the
+    library's one mask hook, :class:`pruninglab.masks.MaskHook`, reading the objective's masks.
     """
 
-    def on_step_end(self, step: int, model: nn.Module) -> None:
-        if isinstance(model, MetaObjective):
-            with torch.no_grad():
-                named = dict(model.inr.named_parameters())
-                for n, m in model.masks.items():
-                    named[n].mul_(m.to(named[n].dtype))
+    def __init__(self):
+        super().__init__(lambda objective: objective.masks, module=lambda objective: objective.inr)
