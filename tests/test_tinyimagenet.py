@@ -17,10 +17,10 @@ def folder(tmp_path_factory):
 
 
 def test_layout_is_the_official_one(folder):
-    assert (folder / "wnids.txt").read_text().split() == ["n9000000", "n9000001", "n9000002"]
-    assert sorted(p.name for p in (folder / "train" / "n9000001" / "images").iterdir())[0] == "n9000001_0.JPEG"
+    assert (folder / "wnids.txt").read_text().split() == ["n90000000", "n90000001", "n90000002"]
+    assert sorted(p.name for p in (folder / "train" / "n90000001" / "images").iterdir())[0] == "n90000001_0.JPEG"
     first = (folder / "val" / "val_annotations.txt").read_text().splitlines()[0].split("\t")
-    assert first[:2] == ["val_0.JPEG", "n9000000"] and len(first) == 6
+    assert first[:2] == ["val_0.JPEG", "n90000000"] and len(first) == 6
     with Image.open(folder / "val" / "images" / "val_0.JPEG") as im:
         assert im.format == "JPEG" and im.size == (64, 64) and im.mode == "RGB"
 
@@ -29,7 +29,7 @@ def test_read_splits_shapes_labels_and_pixels(folder):
     x, y = read_tinyimagenet_split(folder.parent, train=True)  # parent holding tiny-imagenet-200/ works too
     assert x.shape == (12, 3, 64, 64) and x.dtype == torch.uint8
     assert y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
-    with Image.open(folder / "train" / "n9000002" / "images" / "n9000002_3.JPEG") as im:
+    with Image.open(folder / "train" / "n90000002" / "images" / "n90000002_3.JPEG") as im:
         ref = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1)
     assert torch.equal(x[11], ref)
     xv, yv = read_tinyimagenet_split(folder, train=False)
@@ -46,6 +46,6 @@ def test_per_class_limit_and_split(folder):
 
 def test_wnids_sorted(tmp_path):
     root = write_tinyimagenet(tmp_path, num_classes=2, train_per_class=1, val_per_class=1)
-    (root / "wnids.txt").write_text("n9000001\nn9000000\n")
-    assert tinyimagenet_wnids(root) == ["n9000000", "n9000001"]
+    (root / "wnids.txt").write_text("n90000001\nn90000000\n")
+    assert tinyimagenet_wnids(root) == ["n90000000", "n90000001"]
     assert tinyimagenet_folder(root) == root

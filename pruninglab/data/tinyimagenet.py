@@ -236,7 +236,7 @@ def write_tinyimagenet(
     """Write a small folder of real 64x64 JPEGs in exactly the TinyImageNet layout; return ``root``.
 
     Used by the limit experiment's TinyImageNet presets (tests and offline demos). Class ids are
-    made-up wnids ``n9000000``, ``n9000001``, ...; each image is a class-coloured blob on noise, so a
+    made-up wnids ``n90000000``, ``n90000001``, ...; each image is a class-coloured blob on noise, so a
     network can learn them; validation annotations carry a dummy bounding box, as the real file does.
     """
     from PIL import Image
