@@ -30,7 +30,7 @@ def test_read_splits_shapes_labels_and_pixels(folder):
     assert x.shape == (12, 3, 64, 64) and x.dtype == torch.uint8
     assert y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     with Image.open(folder / "train" / "n90000002" / "images" / "n90000002_3.JPEG") as im:
-        ref = torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1)
+        ref = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
     assert torch.equal(x[11], ref)
     xv, yv = read_tinyimagenet_split(folder, train=False)
     assert xv.shape == (6, 3, 64, 64) and yv.tolist() == [0, 1, 2, 0, 1, 2]
