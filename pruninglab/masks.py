@@ -333,6 +333,7 @@ def _check_bool_masks(masks: Mapping[str, torch.Tensor]) -> None:
 
 def global_sparsity(masks: Mapping[str, torch.Tensor]) -> float:
     """Fraction of all masked entries that are pruned."""
+    _check_bool_masks(masks)
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
     return 1.0 - kept / total if total else 0.0

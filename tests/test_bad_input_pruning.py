@@ -229,3 +229,22 @@ def test_one_shot_on_tied_model_prunes_once():
     masks = one_shot_magnitude_prune(model, 0.5, warn_collapse=False)
     assert sorted(masks) == ["body.weight", "head.weight"]  # the tied tensor once
     assert sparsity_report(masks).numel == 16 * 16 + 40 * 16
+
+
+@pytest.mark.parametrize("kind", ["sapp", "powerprop", "acdc"])
+def test_block_pruners_leave_exact_zeros_where_a_pruned_weight_was_nan(kind):
+    from pruninglab.pruners.acdc import ACDCPruner, PowerPropPruner
+    from pruninglab.pruners.schedule import Phase
+    from pruninglab.pruners.sequential_attention import SequentialAttentionPruner
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16))
+    cls = {"sapp": SequentialAttentionPruner, "powerprop": PowerPropPruner, "acdc": ACDCPruner}[kind]
+    pr = cls(model, 0.5, 4, [Phase("sparse", 0, 4)], min_blocks=1)
+    pr.on_step_start(0, model)
+    pruned_block = (~pr.block_masks["0.weight"]).nonzero()[0]
+    with torch.no_grad():  # a pruned entry of the stored tensor turns NaN (e.g. a diverged optimizer state)
+        pr.weight("0.weight")[pruned_block[0] * 4, pruned_block[1] * 4] = float("nan")
+    masks = pr.finalize()
+    w = model[0].weight
+    assert bool((w[~masks["0.weight"]] == 0).all()) and bool(torch.isfinite(w).all())

@@ -240,8 +240,10 @@ class PowerPropPruner(BlockPruner):
         if self._finalized:
             return self.masks
         masks = self.masks
-        for mod in self._modules.values():
+        for name, mod in self._modules.items():
             fold_parametrization(mod, "weight")
+            # W * A * M is NaN where a pruned W was NaN (NaN * 0): pruned entries are set to exactly 0.
+            mod.weight.detach().masked_fill_(~masks[name].to(mod.weight.device), 0)
         self._final_masks = {n: m.clone() for n, m in masks.items()}
         self._params = {}
         self._finalized = True
