@@ -10,8 +10,9 @@ no traceback, output folder checked before any training) are marked ``needs_erro
 skipped until that error path is in (each would otherwise spend a subprocess to fail). Set
 ``CLI_ERROR_PATH_MERGED = True`` once it is: then every case here runs and must pass.
 
-Already passing on the branch that added this file (not marked): bad ``--scale`` choices and
-non-integer ``--seed`` / ``--num-test`` (argparse), a missing CIFAR folder, a crafted or truncated
+Already passing on the branch that added this file (not marked): bad ``--scale``, ``--dataset``,
+``--spectrum`` and ``--which`` choices, misspelt flags, non-integer ``--seed`` / ``--num-test``
+(argparse), a missing CIFAR folder, a crafted or truncated
 CIFAR pickle, ``--seed -1`` and ``--seed 2**64`` for limit / inr / sapp-imagenet, and limit's
 ``--batch-size 0`` / ``--train-samples -5``, phase's ``--trials 0``, inr's ``--num-test 0``.
 Each case starts a fresh interpreter (a few seconds each on an idle machine); the timeout can be
@@ -82,6 +83,20 @@ def test_cli_scale_not_a_choice(tmp_path, experiment):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_cli_seed_not_an_integer(tmp_path, experiment):
     _run_cli(tmp_path, experiment, ["--seed", "abc"], r"--seed.*abc")
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_cli_unknown_flag(tmp_path, experiment):
+    _run_cli(tmp_path, experiment, ["--sparsty", "0.9"], r"--sparsty")
+
+
+@pytest.mark.parametrize("experiment, args, names", [
+    ("limit", ["--dataset", "imagenet"], r"--dataset.*imagenet"),
+    ("limit", ["--spectrum", "full"], r"--spectrum.*full"),
+    ("phase", ["--which", "l2"], r"--which.*l2"),
+])
+def test_cli_bad_choice(tmp_path, experiment, args, names):
+    _run_cli(tmp_path, experiment, args, names)
 
 
 @pytest.mark.parametrize("experiment", ["limit", "inr", "sapp-imagenet", needs_error_path("phase"),

@@ -284,7 +284,7 @@ def _checked(selected: dict[str, tuple[nn.Module, BlockLayout]]) -> dict[str, tu
 def check_block_sparsity(layouts: Mapping[str, BlockLayout], sparsity: float, tolerance: float = 0.05) -> dict[str, float]:
     """Achieved block sparsity per layer (``floor(s N) / N``); warn where it misses ``sparsity``.
 
-    Defined in book/sapp.md. A layer with few blocks cannot reach every sparsity (a block larger
+    Called by every block pruner when it selects its layers. A layer with few blocks cannot reach every sparsity (a block larger
     than the layer is one block, which is always kept): a :class:`~pruninglab.masks.SparsityWarning`
     names each layer whose achieved block sparsity is more than ``tolerance`` below the nominal one
     or that stays dense, and a ``ValueError`` is raised when no layer would be pruned at all.
