@@ -112,6 +112,7 @@ def prunable_parameters(
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     out: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()
     for mod_name, mod in model.named_modules():
         if isinstance(mod, layer_types):
             prefix = f"{mod_name}." if mod_name else ""
@@ -121,8 +122,9 @@ def prunable_parameters(
                 if p is None and parametrize.is_parametrized(mod, pname):
                     # torch.nn.utils.parametrize (e.g. the SA++ block attention): the stored tensor.
                     p = mod.parametrizations[pname].original
-                if p is not None and not any(p is q for q in out.values()):
+                if p is not None and id(p) not in seen:
                     # a tensor shared by two layers (tied weights) is listed once, under its first name
+                    seen.add(id(p))
                     out[prefix + pname.replace("_orig", "")] = p
     if not out:
         raise ValueError(
@@ -144,10 +146,12 @@ def as_tensor_dict(params: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, 
     if len(params) == 0:
         raise ValueError("params: is empty; there is nothing to prune")
     out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
     for name, t in params.items():
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"params[{name!r}]: expected a tensor, got {type(t).__name__}")
-        if not any(t is q for q in out.values()):  # the same tensor under two names: once
+        if id(t) not in seen:  # the same tensor under two names: once
+            seen.add(id(t))
             out[name] = t
     return out
 
