@@ -94,8 +94,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
 
     ``deterministic=True`` also asks torch for deterministic kernels (slower on GPU).
     """
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+        # torch seeds are 64-bit: 2**64 and above would fail deep inside torch.manual_seed
+        raise ValueError(f"seed: expected an integer in [0, 2**64 - 1], got {seed!r}")
     seed = int(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -150,6 +150,9 @@ def _select_parameters(model: nn.Module, params: Sequence[str] | None) -> tuple[
     devices = {t.device for t in tensors}
     if len(devices) != 1:
         raise ValueError(f"params: expected parameters on one device, got {sorted(map(str, devices))}")
+    bad = [n for n, t in zip(names, tensors) if not bool(torch.isfinite(t.detach()).all())]
+    if bad:
+        raise ValueError(f"params: {bad} contain NaN or Inf values; the Hessian is undefined there")
     return names, tensors
 
 
@@ -405,6 +408,9 @@ def _tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[np.ndarr
     from scipy.linalg import eigh_tridiagonal
 
     d = np.asarray(alphas, dtype=np.float64)
+    if not (np.isfinite(d).all() and np.isfinite(np.asarray(betas, dtype=np.float64)).all()):
+        raise ValueError("data: the Hessian-vector products became NaN or Inf (NaN/Inf inputs or targets, "
+                         "or a loss that is not finite at these weights)")
     if len(d) == 1:
         return d.copy(), np.ones((1, 1))
     e = np.asarray(betas[: len(d) - 1], dtype=np.float64)
@@ -787,6 +793,8 @@ def _check_nodes_weights(nodes: Any, weights: Any) -> tuple[torch.Tensor, torch.
             f"nodes, weights: expected two non-empty 1-D tensors of equal length, got {tuple(nodes.shape)} "
             f"and {tuple(weights.shape)}"
         )
+    if not (bool(torch.isfinite(nodes).all()) and bool(torch.isfinite(weights).all())):
+        raise ValueError("nodes, weights: contain NaN or Inf values")
     return nodes, weights
 
 

@@ -159,3 +159,21 @@ def test_limit_cli_reports_a_missing_dataset(tmp_path, capsys):
     assert "cifar-10-batches-py" in err and "download=True" in err
     assert cli_main(["limit", "--model", "lenet", "--no-progress"]) == 2
     assert "mlp-H1-H2" in capsys.readouterr().err
+
+
+def test_python2_style_batches_are_read(tmp_path):
+    """The official files are Python 2 pickles naming numpy.core.multiarray; the restricted reader admits them."""
+    import pickle
+
+    import numpy as np
+
+    from pruninglab.data.cifar import read_cifar_split, write_cifar
+
+    folder = write_cifar(tmp_path, train_per_file=3, num_test=3)
+    data = np.arange(3 * 3072, dtype=np.uint64).astype(np.uint8).reshape(3, 3072)
+    raw = pickle.dumps({b"data": data, b"labels": [1, 2, 3], b"batch_label": b"testing batch 1 of 1"}, protocol=2)
+    raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")  # as numpy 1.x / Python 2 wrote it
+    assert b"numpy.core.multiarray" in raw
+    (folder / "test_batch").write_bytes(raw)
+    x, y = read_cifar_split(tmp_path, train=False)
+    assert torch.equal(x, torch.from_numpy(data).reshape(3, 3, 32, 32)) and y.tolist() == [1, 2, 3]

@@ -264,3 +264,47 @@ def test_sdf_generator_and_paper_file_format(tmp_path):
     np.savez(tmp_path / "shape.npz", train_data=np.zeros((2, 4, 4, 2), np.uint8), test_data=np.zeros((1, 4, 4, 2), np.uint8))
     with pytest.raises(ValueError, match="train_data"):
         load_sdf_npz(tmp_path / "shape.npz")
+
+
+# --------------------------------------------------------------------------- bit depth and value checks
+
+
+def _png16_rgb(path, arr16):
+    """A 16-bit-per-channel RGB PNG written by hand (Pillow cannot write one): IHDR, one IDAT, IEND."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    h, w, _ = arr16.shape
+    rows = b"".join(b"\x00" + arr16[i].astype(">u2").tobytes() for i in range(h))  # filter 0 per row
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_16_bit_grey_png_is_read_at_its_real_depth(tmp_path):
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472, most above 255
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    img = load_image(path, 32, channels=1)
+    assert torch.allclose(img[..., 0], torch.from_numpy(ramp.astype(np.float32) / 65535.0), atol=1e-7)
+    assert float(img.max()) < 1.0 and len(torch.unique(img)) == 1024  # not saturated, not quantised to 8 bits
+    rgb = load_image(path, 16, resize=16, channels=3)
+    assert rgb.shape == (16, 16, 3) and torch.equal(rgb[..., 0], rgb[..., 2])
+    assert 0.4 < float(rgb.mean()) < 0.6
+
+
+def test_16_bit_colour_png_is_scaled_not_saturated(tmp_path):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 65536, (8, 8, 3)).astype(np.uint16)
+    img = load_image(_png16_rgb(tmp_path / "deep-rgb.png", arr), 8)
+    assert torch.allclose(img, torch.from_numpy(arr.astype(np.float32) / 65535.0), atol=1 / 255)
+
+
+def test_tensor_signals_signed_range():
+    sig = TensorSignals(torch.linspace(-1, 1, 32).reshape(2, 4, 4, 1), value_range=(-1.0, 1.0))
+    assert sig.value_range == (-1.0, 1.0) and float(sig.image(0).min()) == -1.0
+    with pytest.raises(ValueError, match=r"images: values lie in \[-1, 1\]; expected \[0, 1\]"):
+        TensorSignals(torch.linspace(-1, 1, 32).reshape(2, 4, 4, 1))

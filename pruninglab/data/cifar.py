@@ -88,10 +88,64 @@ def cifar_folder(root: str | os.PathLike | None, name: str = "cifar10") -> Path:
     )
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that admits only what a CIFAR batch holds: numpy arrays and scalars, dicts, lists,
+    strings, bytes and numbers.
+
+    Unpickling calls whatever the file names, so a crafted "batch" could run any code; this one
+    refuses every global outside a short allow-list (numpy's array reconstruction, ``numpy.dtype``
+    and ``_codecs.encode``, which Python 2 pickles of byte strings use, for latin-1 only).
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def __init__(self, fh, path: Path):
+        super().__init__(fh, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            if module.startswith("numpy.core.") and hasattr(np, "_core"):
+                module = "numpy._core." + module[len("numpy.core."):]  # numpy 2 moved it (same function)
+            return super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        raise pickle.UnpicklingError(
+            f"data: {self.path} is not a plain CIFAR batch: it asks to load {module}.{name}, which a CIFAR file "
+            "never contains; refusing to unpickle it (a crafted pickle can run code)"
+        )
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError(f"data: {self.path} uses persistent ids, which a CIFAR file never contains")
+
+
+def _latin1_encode(obj, encoding="utf-8", errors="strict"):
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "iso-8859-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode: only latin-1 strings are admitted, got encoding {encoding!r}")
+    return obj.encode(encoding, errors)
+
+
 def _load_pickle(path: Path) -> dict:
-    with path.open("rb") as fh:
-        # The official files are Python 2 pickles; latin1 keeps their byte strings intact (as torchvision does).
-        entry = pickle.load(fh, encoding="latin1")
+    """Read one CIFAR batch file with the restricted unpickler; ValueError naming the file if it is not one."""
+    try:
+        with path.open("rb") as fh:
+            # The official files are Python 2 pickles; latin1 keeps their byte strings intact (as torchvision does).
+            entry = _CifarUnpickler(fh, path).load()
+    except pickle.UnpicklingError as err:
+        msg = str(err)
+        raise ValueError(msg if msg.startswith("data: ") else f"data: {path} is not a readable CIFAR batch "
+                         f"(UnpicklingError: {msg})") from err
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError, OSError,
+            UnicodeDecodeError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(
+            f"data: {path} is not a readable CIFAR batch, truncated or corrupt ({err.__class__.__name__}: {err})"
+        ) from err
     if not isinstance(entry, dict):
         raise ValueError(f"data: {path} is not a CIFAR batch (expected a pickled dict)")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
@@ -114,10 +168,17 @@ def read_cifar_split(
         label_key = "labels" if key == "cifar10" else f"{labels}_labels"
         if "data" not in entry or label_key not in entry:
             raise ValueError(f"data: {folder / fname} lacks the 'data' or {label_key!r} entry of a {key} batch")
-        data = np.asarray(entry["data"], dtype=np.uint8)
+        raw = entry["data"]
+        if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8:
+            raise ValueError(f"data: {folder / fname} holds 'data' of type "
+                             f"{getattr(raw, 'dtype', type(raw).__name__)}; expected an N x 3072 uint8 array")
+        data = raw
         if data.ndim != 2 or data.shape[1] != 3072:
             raise ValueError(f"data: {folder / fname} holds data of shape {data.shape}; expected N x 3072 uint8")
-        lab = np.asarray(entry[label_key], dtype=np.int64)
+        try:
+            lab = np.asarray(entry[label_key], dtype=np.int64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"data: {folder / fname} has labels that are not integers ({err})") from err
         if lab.shape != (data.shape[0],):
             raise ValueError(f"data: {folder / fname} has {data.shape[0]} images but {lab.shape} labels")
         images.append(data.reshape(-1, 3, 32, 32))
@@ -136,8 +197,15 @@ def class_names(root: str | os.PathLike | None, name: str = "cifar10") -> list[s
     Defined in book/limit_experiments.md.
     """
     key = _check_name(name)
-    meta = _load_pickle(cifar_folder(root, key) / CIFAR_META_FILES[key])
-    return list(meta["label_names" if key == "cifar10" else "fine_label_names"])
+    path = cifar_folder(root, key) / CIFAR_META_FILES[key]
+    if not path.is_file():
+        raise FileNotFoundError(f"data: {path} is missing; expected the layout {expected_layout(key)}")
+    meta = _load_pickle(path)
+    field = "label_names" if key == "cifar10" else "fine_label_names"
+    names = meta.get(field)
+    if not isinstance(names, list) or not all(isinstance(n, (str, bytes)) for n in names):
+        raise ValueError(f"data: {path} lacks the {field!r} list of a {key} meta file")
+    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
 
 
 @dataclass

@@ -66,13 +66,20 @@ def _check_channels(channels) -> int:
 
 
 class TensorSignals(torch.utils.data.Dataset):
-    """In-memory signals from a tensor of images ``(M, H, W, C)`` (uint8 or float in [0, 1]).
+    """In-memory signals from a tensor of images ``(M, H, W, C)`` (uint8, or real floats in ``value_range``).
 
-    Defined in book/meta_sparse_inr.md. uint8 images are kept as uint8 and scaled on access.
+    Defined in book/meta_sparse_inr.md. uint8 images are kept as uint8 and scaled on access. Float
+    images must be finite and inside ``value_range`` (default ``(0, 1)``; ``(-1, 1)`` for signed
+    signals): 0..255 floats, NaN pixels or complex values are refused with a message.
     """
 
-    def __init__(self, images: torch.Tensor | np.ndarray):
+    def __init__(self, images: torch.Tensor | np.ndarray, *, value_range: tuple[float, float] = (0.0, 1.0)):
+        if not isinstance(images, (torch.Tensor, np.ndarray)):
+            raise ValueError(f"images: expected a tensor or array, got {type(images).__name__}")
+        lo, hi = _check_value_range(value_range)
         images = torch.as_tensor(images)
+        if images.is_complex() or images.dtype == torch.bool:
+            raise ValueError(f"images: has dtype {images.dtype}; expected uint8 or real floats in [{lo:g}, {hi:g}]")
         if images.dim() == 3:
             images = images.unsqueeze(-1)
         if images.dim() != 4 or images.shape[-1] not in (1, 3) or images.shape[0] == 0:
@@ -81,8 +88,19 @@ class TensorSignals(torch.utils.data.Dataset):
                 f"got shape {tuple(images.shape)}"
             )
         if images.dtype != torch.uint8:
+            if not images.is_floating_point():
+                raise ValueError(f"images: has dtype {images.dtype}; expected uint8 (0..255) or floats in "
+                                 f"[{lo:g}, {hi:g}]")
             images = images.to(torch.float32)
+            if not bool(torch.isfinite(images).all()):
+                raise ValueError(f"images: contains NaN or Inf pixels ({int((~torch.isfinite(images)).sum())} "
+                                 "values); expected finite values")
+            vmin, vmax = float(images.min()), float(images.max())
+            if vmin < lo - 1e-6 or vmax > hi + 1e-6:
+                hint = " (0..255 pixel values? pass uint8, or divide by 255)" if vmax > 1.5 and hi <= 1 else ""
+                raise ValueError(f"images: values lie in [{vmin:g}, {vmax:g}]; expected [{lo:g}, {hi:g}]{hint}")
         self.images = images
+        self.value_range = (lo, hi)
 
     @property
     def height(self) -> int:
@@ -114,6 +132,14 @@ class TensorSignals(torch.utils.data.Dataset):
         return torch.stack([self[i][0] for i in range(n)])
 
 
+def _check_value_range(value_range) -> tuple[float, float]:
+    ok = isinstance(value_range, (tuple, list)) and len(value_range) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value_range)
+    if not ok or not value_range[0] < value_range[1]:
+        raise ValueError(f"value_range: expected (low, high) finite numbers with low < high, got {value_range!r}")
+    return float(value_range[0]), float(value_range[1])
+
+
 def _check_count(count, available: int) -> int:
     if count is None:
         return available
@@ -141,22 +167,64 @@ def load_image(path: str | os.PathLike, resolution: int, *, resize: int | None =
         raise FileNotFoundError(f"image: no file at {path}")
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB" if channels == 3 else "L")
             im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"image: {path} is not a readable image ({err.__class__.__name__}: {err})") from err
+            if im.mode in _HIGH_DEPTH_MODES:
+                return _load_high_depth(im, path, resolution, resize, channels)
+            im = im.convert("RGB" if channels == 3 else "L")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
+        if isinstance(err, ValueError) and str(err).startswith("image: "):
+            raise
+        raise ValueError(f"image: {path} is not a readable image, or is truncated "
+                         f"({err.__class__.__name__}: {err})") from err
     if resize is not None:
         im = TF.resize(im, _check_resolution(resize, "resize"), antialias=True)
-    if min(im.size) < resolution:
-        raise ValueError(
-            f"image: {path} is {im.size[0]}x{im.size[1]} pixels, smaller than the {resolution}x{resolution} crop "
-            "(set a resize, or a smaller resolution)"
-        )
+    _check_crop(path, im.size[0], im.size[1], resolution)
     im = TF.center_crop(im, [resolution, resolution])
     arr = np.asarray(im, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return torch.from_numpy(arr.copy()).to(torch.float32) / 255.0
+
+
+#: PIL modes of images deeper than 8 bits per channel (16-bit grey PNG/TIFF, 32-bit int, float).
+_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _check_crop(path: Path, width: int, height: int, resolution: int) -> None:
+    if min(width, height) < resolution:
+        raise ValueError(
+            f"image: {path} is {width}x{height} pixels, smaller than the {resolution}x{resolution} crop "
+            "(set a resize, or a smaller resolution)"
+        )
+
+
+def _load_high_depth(im, path: Path, resolution: int, resize: int | None, channels: int) -> torch.Tensor:
+    """A 16-bit (or 32-bit int / float) single-channel image at its real depth, scaled to [0, 1].
+
+    ``convert("L")`` would clip 16-bit values at 255 (a saturated, white image). 16-bit values are
+    divided by 65535; a 32-bit integer image must hold 16-bit values; a float image must already be
+    in [0, 1]. (Pillow reads 16-bit *colour* PNGs as 8-bit RGB, correctly scaled, at 8-bit precision.)
+    """
+    import torchvision.transforms.functional as TF
+
+    arr = np.asarray(im)
+    if im.mode == "F":
+        arr = arr.astype(np.float32)
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise ValueError(f"image: {path} is a float image with values outside [0, 1] (or NaN); "
+                             "expected values in [0, 1]")
+    else:
+        arr = arr.astype(np.int64)
+        if arr.min() < 0 or arr.max() > 65535:
+            raise ValueError(f"image: {path} has {im.mode!r} pixels outside 0..65535 "
+                             f"({arr.min()}..{arr.max()}); expected an 8- or 16-bit image")
+        arr = arr.astype(np.float32) / 65535.0
+    t = torch.from_numpy(np.ascontiguousarray(arr))[None]  # 1 x H x W
+    if resize is not None:
+        t = TF.resize(t, _check_resolution(resize, "resize"), antialias=True).clamp_(0.0, 1.0)
+    _check_crop(path, t.shape[2], t.shape[1], resolution)
+    t = TF.center_crop(t, [resolution, resolution])
+    return t.permute(1, 2, 0).expand(-1, -1, channels).contiguous()
 
 
 class ImageFileSignals(torch.utils.data.Dataset):

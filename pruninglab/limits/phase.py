@@ -161,6 +161,9 @@ def _check_system(A: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
         raise ValueError(f"A: expected m <= d (an underdetermined system), got m = {m} > d = {d}")
     if not A.dtype.is_floating_point:
         raise ValueError(f"A: expected a floating-point tensor, got {A.dtype}")
+    for label, t in (("A", A), ("b", b)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{label}: contains NaN or Inf values; expected finite numbers")
     return A, b.to(dtype=A.dtype, device=A.device), single
 
 
@@ -649,6 +652,9 @@ def _as_numpy_batch(A, b):
         A, b = A[None], b[None]
     if A.ndim != 3 or b.shape != A.shape[:2]:
         raise ValueError(f"A, b: expected shapes (B, m, d) and (B, m), got {A.shape} and {b.shape}")
+    for label, arr in (("A", A), ("b", b)):
+        if not np.isfinite(arr.astype(np.float64)).all():
+            raise ValueError(f"{label}: contains NaN or Inf values; expected finite numbers")
     return A.astype(np.float64), b.astype(np.float64), single
 
 

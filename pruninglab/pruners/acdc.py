@@ -27,6 +27,14 @@ from .blocks import BlockLayout, BlockPruner, expand_block_masks, fold_parametri
 from .schedule import Phase, kept_blocks
 
 
+def _finite_norms(layout: BlockLayout, w: torch.Tensor, name: str) -> torch.Tensor:
+    """Block norms of ``w``; ValueError naming the layer if any is NaN/Inf (once per prune, not per step)."""
+    norms = layout.block_norms(w)
+    if not bool(torch.isfinite(norms).all()):
+        raise ValueError(f"params[{name!r}]: contains NaN or Inf values; cannot rank its blocks by norm")
+    return norms
+
+
 def _check_kinds(phases: Sequence[Phase], allowed: tuple[str, ...], who: str) -> None:
     for i, p in enumerate(phases):
         if isinstance(p, Phase) and p.kind not in allowed:
@@ -87,7 +95,7 @@ class ACDCPruner(BlockPruner):
         if index == 0 or self.phases[index - 1].kind != "sparse" or self._emasks is None:
             for n, lay in self.layouts.items():
                 w = self.weight(n)
-                self._bmasks[n] = topk_block_mask(lay.block_norms(w), kept_blocks(lay.num_blocks, self.sparsity))
+                self._bmasks[n] = topk_block_mask(_finite_norms(lay, w, n), kept_blocks(lay.num_blocks, self.sparsity))
             self._emasks = expand_block_masks(self._bmasks, self.layouts)
             if self.keep_values:
                 self._stash = {n: self.weight(n).detach().clone() for n in self.layouts}
@@ -96,8 +104,7 @@ class ACDCPruner(BlockPruner):
     @torch.no_grad()
     def _apply(self) -> None:
         for n, m in self._emasks.items():
-            w = self.weight(n)
-            w.mul_(m.to(w.dtype))
+            self.weight(n).masked_fill_(~m, 0)  # exactly 0, even where a pruned weight was NaN
 
     def on_step_end(self, step: int, model: nn.Module | None = None) -> None:
         """Zero the pruned blocks after every optimizer step of a sparse phase."""
@@ -123,8 +130,7 @@ class ACDCPruner(BlockPruner):
         """Zero the pruned blocks and return the masks (the model keeps plain weights throughout)."""
         masks = self.masks
         for n, m in masks.items():
-            w = self.weight(n)
-            w.mul_(m.to(w.dtype))
+            self.weight(n).masked_fill_(~m.to(self.weight(n).device), 0)
         self._final_masks = {n: m.clone() for n, m in masks.items()}
         self._finalized = True
         return dict(self._final_masks)
@@ -222,7 +228,7 @@ class PowerPropPruner(BlockPruner):
                 p.mask.fill_(True)
         elif index == 0 or self.phases[index - 1].kind != "sparse":
             for n, p in self._params.items():
-                scores = p.layout.block_norms(self.weight(n))  # ||beta_T||; ||W_T|| = ||beta_T||^2 ranks the same
+                scores = _finite_norms(p.layout, self.weight(n), n)  # ||beta_T||; ||W_T|| = ||beta_T||^2 ranks the same
                 p.mask.copy_(topk_block_mask(scores, kept_blocks(p.layout.num_blocks, self.sparsity)))
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -234,8 +240,10 @@ class PowerPropPruner(BlockPruner):
         if self._finalized:
             return self.masks
         masks = self.masks
-        for mod in self._modules.values():
+        for name, mod in self._modules.items():
             fold_parametrization(mod, "weight")
+            # W * A * M is NaN where a pruned W was NaN (NaN * 0): pruned entries are set to exactly 0.
+            mod.weight.detach().masked_fill_(~masks[name].to(mod.weight.device), 0)
         self._final_masks = {n: m.clone() for n, m in masks.items()}
         self._params = {}
         self._finalized = True

@@ -25,6 +25,7 @@ Everything stays on the weights' device; nothing here moves data to the CPU.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..masks import PRUNABLE_LAYERS, Masks
+from ..masks import PRUNABLE_LAYERS, Masks, SparsityWarning, check_finite, check_weight_dtype
 from .schedule import PhasedHook, kept_blocks
 
 #: Layer types that the block pruners tile.
@@ -176,13 +177,16 @@ def topk_block_mask(scores: torch.Tensor, k: int, alive: torch.Tensor | None = N
     Defined in book/sapp.md.
 
     Ties are broken by flat index (the earlier block wins), so the result is the same on every
-    device. NaN scores are not supported (the pruners' scores are norms and softmax weights). With
+    device. NaN scores rank below every other score (the pruners check weights for NaN). With
     ``alive``, the kept set is a subset of ``alive`` (nested pruning); if ``k`` exceeds the number of
     alive entries, all alive entries are kept.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 0 or k > scores.numel():
         raise ValueError(f"k: expected an integer in [0, {scores.numel()}], got {k!r}")
     flat = scores.detach().reshape(-1).float()
+    # A NaN score ranks lowest (never kept ahead of a real one), so exactly k entries are kept; the
+    # one-shot callers refuse NaN weights with an error naming the layer before they get here.
+    flat = torch.nan_to_num(flat, nan=-math.inf)
     if alive is not None:
         if alive.shape != scores.shape or alive.dtype != torch.bool:
             raise ValueError("alive: expected a bool tensor of the scores' shape")
@@ -242,7 +246,7 @@ def select_block_layers(
                 f"min_blocks: no layer has at least {min_blocks} blocks of {block_size}x{block_size} "
                 f"(blocks per layer: {sizes}); lower min_blocks or block_size"
             )
-        return out
+        return _checked(out)
     if isinstance(layers, str):
         raise ValueError(f"layers: expected a list of layer names, got the string {layers!r}")
     names = list(layers)
@@ -265,7 +269,44 @@ def select_block_layers(
     for name, mod in eligible.items():  # module order, whatever the order of `layers`
         if name in wanted:
             out[_key(name)] = (mod, block_layout(_weight_of(mod), block_size))
-    return out
+    return _checked(out)
+
+
+def _checked(selected: dict[str, tuple[nn.Module, BlockLayout]]) -> dict[str, tuple[nn.Module, BlockLayout]]:
+    """The selected layers, after the checks every pruner makes: real floating-point, finite weights."""
+    weights = {n: _weight_of(mod) for n, (mod, _) in selected.items()}
+    for n, w in weights.items():
+        check_weight_dtype(w, f"params[{n!r}]")
+    check_finite(weights)
+    return selected
+
+
+def check_block_sparsity(layouts: Mapping[str, BlockLayout], sparsity: float, tolerance: float = 0.05) -> dict[str, float]:
+    """Achieved block sparsity per layer (``floor(s N) / N``); warn where it misses ``sparsity``.
+
+    Called by every block pruner when it selects its layers. A layer with few blocks cannot reach every sparsity (a block larger
+    than the layer is one block, which is always kept): a :class:`~pruninglab.masks.SparsityWarning`
+    names each layer whose achieved block sparsity is more than ``tolerance`` below the nominal one
+    or that stays dense, and a ``ValueError`` is raised when no layer would be pruned at all.
+    """
+    achieved = {n: 1.0 - kept_blocks(lay.num_blocks, sparsity) / lay.num_blocks for n, lay in layouts.items()}
+    if sparsity <= 0:
+        return achieved
+    short = {n: a for n, a in achieved.items() if a == 0.0 or sparsity - a > tolerance}
+    if short and len(short) == len(achieved) and all(a == 0.0 for a in short.values()):
+        raise ValueError(
+            f"block_size: at sparsity {sparsity:g} no managed layer would lose a block "
+            f"({', '.join(f'{n}: {layouts[n].num_blocks} block(s) of {layouts[n].block_size}x{layouts[n].block_size}' for n in short)}); "
+            "use a smaller block_size or a larger min_blocks"
+        )
+    for n, a in short.items():
+        lay = layouts[n]
+        warnings.warn(
+            f"layers: {n!r} has {lay.num_blocks} block(s) of {lay.block_size}x{lay.block_size}, so its sparsity is "
+            f"{a:.4f}, not the nominal {sparsity:g}; use a smaller block_size or raise min_blocks to leave it dense",
+            SparsityWarning, stacklevel=3,
+        )
+    return achieved
 
 
 def _key(module_name: str) -> str:
@@ -292,6 +333,8 @@ def block_masks_from_scores(
         sc = scores[name]
         if tuple(sc.shape) != lay.grid:
             raise ValueError(f"scores[{name!r}]: expected grid shape {lay.grid}, got {tuple(sc.shape)}")
+        if not bool(torch.isfinite(sc).all()):
+            raise ValueError(f"scores[{name!r}]: contains NaN or Inf values (a NaN or Inf weight?); cannot rank blocks")
         out[name] = topk_block_mask(sc, kept_blocks(lay.num_blocks, s))
     return out
 
@@ -320,6 +363,7 @@ def block_magnitude_masks(
     s = _check_sparsity(sparsity)
     sel = select_block_layers(model, block_size, min_blocks, layers)
     layouts = {n: lay for n, (_, lay) in sel.items()}
+    check_block_sparsity(layouts, s)
     scores = {n: lay.block_norms(_weight_of(mod)) for n, (mod, lay) in sel.items()}
     return expand_block_masks(block_masks_from_scores(scores, layouts, s), layouts)
 
@@ -380,6 +424,7 @@ class BlockPruner(PhasedHook):
         selected = select_block_layers(model, block_size, min_blocks, layers)
         self._modules = {n: mod for n, (mod, _) in selected.items()}
         self.layouts: dict[str, BlockLayout] = {n: lay for n, (_, lay) in selected.items()}
+        check_block_sparsity(self.layouts, self.sparsity)
         self._init_phases(phases)
         self._final_masks: Masks | None = None
 

@@ -2,12 +2,18 @@
 
 Defined in book/intro.md (global magnitude) and book/sharpness.md (the rest).
 
-The global threshold is found without concatenating all scores: a two-pass radix select over
-the float32 bit patterns of the scores (non-negative floats order like their bit patterns read
-as integers). Pass 1 histograms the top 16 bits layer by layer, pass 2 the low 16 bits of the
-entries in the selected bin. Extra memory is bounded by a few copies of the largest layer plus
-two histograms, independent of the model size, and the result is exact (ties are broken by
-parameter order, then by flat index), so the achieved count is exactly the requested one.
+The global threshold is found without concatenating all scores: a radix select over the bit
+patterns of the scores (non-negative floats order like their bit patterns read as integers), 16
+bits per pass: two passes over float32 keys, four over float64 keys (used as soon as one tensor is
+float64, so float64 weights are ranked at float64 precision; float16/bfloat16 widen to float32
+exactly). Each pass histograms the next 16 bits of the entries whose higher bits match the bins
+selected so far. Extra memory is bounded by a few copies of the largest layer plus one histogram,
+independent of the model size, and the result is exact (ties are broken by parameter order, then by
+flat index), so the achieved count is exactly the requested one.
+
+Inputs are validated the same way by every function here: complex, integer or bool tensors and
+NaN/Inf values are errors naming the parameter. A tensor shared by several layers (tied weights) is
+ranked and counted once.
 """
 from __future__ import annotations
 
@@ -17,10 +23,12 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..masks import Masks, as_tensor_dict, check_masks
+from ..masks import Masks, _param_lookup, as_tensor_dict, check_finite, check_masks, check_weight_dtype, warn_collapsed
 
-_HI_BINS = 1 << 15  # top 16 bits of a non-negative float32 are < 0x7F81
-_LO_BINS = 1 << 16
+_DIGIT_BITS = 16
+_BINS = 1 << _DIGIT_BITS
+#: Top 16 bits at or above which a key is NaN/Inf, per key width.
+_NONFINITE_TOP = {32: 0x7F80, 64: 0x7FF0}
 
 
 def _check_sparsity(sparsity: float, name: str = "sparsity") -> float:
@@ -32,28 +40,46 @@ def _check_sparsity(sparsity: float, name: str = "sparsity") -> float:
     return s
 
 
-def _score_bits(score: torch.Tensor, name: str) -> torch.Tensor:
-    """int32 view of non-negative finite float32 scores; monotone in the score."""
+def _key_width(tensors: Mapping[str, torch.Tensor]) -> int:
+    """64 if any tensor is float64 (rank at float64 precision), else 32."""
+    return 64 if any(t.dtype == torch.float64 for t in tensors.values()) else 32
+
+
+def _key_dtypes(width: int) -> tuple[torch.dtype, torch.dtype]:
+    return (torch.float64, torch.int64) if width == 64 else (torch.float32, torch.int32)
+
+
+def _score_bits(score: torch.Tensor, name: str, width: int, what: str = "scores") -> torch.Tensor:
+    """Integer view (int32 or int64 by ``width``) of non-negative finite scores; monotone in the score."""
+    fdt, idt = _key_dtypes(width)
     s = score.detach()
-    if s.dtype != torch.float32:
-        s = s.float()
+    if s.dtype != fdt:
+        s = s.to(fdt)
     if not bool(torch.isfinite(s).all()):
-        raise ValueError(f"params[{name!r}]: contains NaN or Inf values; cannot rank weights by magnitude")
+        raise ValueError(f"{what}[{name!r}]: contains NaN or Inf values; cannot rank weights by magnitude")
     if bool((s < 0).any()):
-        raise ValueError(f"scores[{name!r}]: scores must be non-negative")
+        raise ValueError(f"{what}[{name!r}]: scores must be non-negative")
     # +0.0 and -0.0 must compare equal: abs() already gives +0.0, and adding 0.0 maps -0.0 to +0.0.
-    return (s + 0.0).contiguous().view(torch.int32)
+    return (s + 0.0).contiguous().view(idt)
 
 
-def _magnitude_bits(t: torch.Tensor) -> torch.Tensor:
-    """int32 bit patterns of ``|t|`` as float32, flat, without an ``abs()`` copy: clear the sign bit.
+def _magnitude_bits(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Integer bit patterns of ``|t|`` at ``width`` bits, flat, without an ``abs()`` copy: clear the sign bit.
 
-    This also maps -0.0 to +0.0. NaN/Inf map to patterns >= 0x7F800000 (checked on the histogram).
+    This also maps -0.0 to +0.0. NaN/Inf map to patterns at or above :data:`_NONFINITE_TOP` (checked
+    on the first histogram).
     """
+    fdt, idt = _key_dtypes(width)
     s = t.detach()
-    if s.dtype != torch.float32:
-        s = s.float()
-    return s.contiguous().view(torch.int32).reshape(-1) & 0x7FFFFFFF
+    if s.dtype != fdt:
+        s = s.to(fdt)
+    sign_off = 0x7FFFFFFFFFFFFFFF if width == 64 else 0x7FFFFFFF
+    return s.contiguous().view(idt).reshape(-1) & sign_off
+
+
+def _check_real(named: Mapping[str, torch.Tensor], what: str = "params") -> None:
+    for name, t in named.items():
+        check_weight_dtype(t, f"{what}[{name!r}]")
 
 
 def _select_lowest(
@@ -63,44 +89,40 @@ def _select_lowest(
     num_prune: int,
     alive: Mapping[str, torch.Tensor | None],
     dev: torch.device,
+    width: int = 32,
     nonfinite_name=None,
 ) -> Masks:
-    """The exact two-pass radix select behind :func:`lowest_score_masks` and :func:`global_magnitude_masks`.
+    """The exact radix select behind :func:`lowest_score_masks` and :func:`global_magnitude_masks`.
 
-    ``bits_of(name)`` returns the flat int32 bit patterns of a layer's non-negative float32 scores
-    as a new tensor (it is modified in place); it is called once per pass, so only one layer's temporaries are alive at a time. ``alive[name]``
-    is a flat bool mask of the entries still eligible (None: all). ``nonfinite_name``, if given, is
-    called with the histogram when it has NaN/Inf entries (patterns >= 0x7F800000) and must raise.
+    ``bits_of(name)`` returns the flat integer bit patterns (``width`` bits) of a layer's
+    non-negative scores as a new tensor; it is called once per pass, so only one layer's
+    temporaries are alive at a time. ``alive[name]`` is a flat bool mask of the entries still
+    eligible (None: all). ``nonfinite_name``, if given, is called when the first histogram has
+    NaN/Inf entries and must raise.
     """
     def eligible(name: str, b: torch.Tensor) -> torch.Tensor:
         m = alive[name]
         return b if m is None else b[m]
 
-    # Pass 1: histogram of the top 16 bits, summed over layers (stays on the device).
-    hist_hi = torch.zeros(_HI_BINS, dtype=torch.int64, device=dev)
-    for name in names:
-        b = eligible(name, bits_of(name))
-        if b.numel():
-            # bits_of returns a fresh tensor, so shifting in place saves one layer-sized temporary
-            hist_hi += torch.bincount(b.bitwise_right_shift_(16).to(dev), minlength=_HI_BINS)
-    if nonfinite_name is not None and bool(hist_hi[0x7F80:].any()):
-        nonfinite_name()
-    cum_hi = torch.cumsum(hist_hi, 0)
-    hi = int(torch.searchsorted(cum_hi, torch.tensor([num_prune], device=dev))[0])
-    below_hi = int(cum_hi[hi - 1]) if hi > 0 else 0
-
-    # Pass 2: histogram of the low 16 bits inside the selected top bin.
-    hist_lo = torch.zeros(_LO_BINS, dtype=torch.int64, device=dev)
-    for name in names:
-        b = eligible(name, bits_of(name))
-        sel = b[(b >= (hi << 16)) & (b < ((hi + 1) << 16))]  # bool temporaries, not another int32 copy
-        if sel.numel():
-            hist_lo += torch.bincount((sel & 0xFFFF).to(dev), minlength=_LO_BINS)
-    cum_lo = torch.cumsum(hist_lo, 0)
-    need = num_prune - below_hi
-    lo = int(torch.searchsorted(cum_lo, torch.tensor([need], device=dev))[0])
-    threshold = (hi << 16) | lo
-    ties_to_prune = need - (int(cum_lo[lo - 1]) if lo > 0 else 0)
+    need = num_prune
+    prefix = 0
+    for digit in range(width // _DIGIT_BITS):
+        shift = width - _DIGIT_BITS * (digit + 1)
+        hist = torch.zeros(_BINS, dtype=torch.int64, device=dev)
+        for name in names:
+            b = eligible(name, bits_of(name))
+            if digit:
+                b = b[(b >> (shift + _DIGIT_BITS)) == prefix]
+            if b.numel():
+                hist += torch.bincount(((b >> shift) & (_BINS - 1)).to(dev), minlength=_BINS)
+        if digit == 0 and nonfinite_name is not None and bool(hist[_NONFINITE_TOP[width]:].any()):
+            nonfinite_name()
+        cum = torch.cumsum(hist, 0)
+        d = int(torch.searchsorted(cum, torch.tensor([need], device=dev))[0])
+        need -= int(cum[d - 1]) if d > 0 else 0
+        prefix = (prefix << _DIGIT_BITS) | d
+    threshold = prefix
+    ties_to_prune = need
 
     # Build masks: prune everything strictly below the threshold, then the first ties.
     out: Masks = {}
@@ -139,26 +161,33 @@ def lowest_score_masks(
 
     Defined in book/sharpness.md.
 
-    ``scores`` are non-negative tensors keyed by parameter name (``|w|`` for magnitude pruning,
+    ``scores`` are non-negative real tensors keyed by parameter name (``|w|`` for magnitude pruning,
     uniform noise for random pruning). Entries already pruned in ``masks`` stay pruned and are not
     counted. Returns new masks (True = kept) on the scores' devices.
     """
+    return _lowest(scores, num_prune, masks, "scores")
+
+
+def _lowest(scores, num_prune, masks, what: str) -> Masks:
     if not isinstance(scores, Mapping) or len(scores) == 0:
-        raise ValueError("scores: expected a non-empty dict of parameter name -> tensor")
+        raise ValueError(f"{what}: expected a non-empty dict of parameter name -> tensor")
+    _check_real(scores, what)
     if masks is not None:
         check_masks(scores, masks)
-    if isinstance(num_prune, bool) or int(num_prune) != num_prune or num_prune < 0:
+    if isinstance(num_prune, bool) or not isinstance(num_prune, (int, float)) or int(num_prune) != num_prune \
+            or num_prune < 0:
         raise ValueError(f"num_prune: expected a non-negative integer, got {num_prune!r}")
     num_prune = int(num_prune)
+    width = _key_width(scores)
+    bits = {n: _score_bits(t, n, width, what).reshape(-1) for n, t in scores.items()}  # checked once
     alive, n_alive = _alive_masks(scores, masks)
     if num_prune > n_alive:
         raise ValueError(f"num_prune: {num_prune} exceeds the {n_alive} entries that are still unpruned")
     if num_prune == 0:
         return _unchanged_masks(scores, alive)
     return _select_lowest(
-        list(scores), {n: t.shape for n, t in scores.items()},
-        lambda name: _score_bits(scores[name], name).reshape(-1),
-        num_prune, alive, next(iter(scores.values())).device,
+        list(scores), {n: t.shape for n, t in scores.items()}, lambda name: bits[name].clone(),
+        num_prune, alive, next(iter(scores.values())).device, width,
     )
 
 
@@ -183,75 +212,131 @@ def _unchanged_masks(tensors: Mapping[str, torch.Tensor], alive: Mapping[str, to
 
 
 def _resolve_params(
-    model: nn.Module | Mapping[str, torch.Tensor], params: list[str] | None
+    model: nn.Module | Mapping[str, torch.Tensor], params: str | list[str] | None
 ) -> dict[str, torch.Tensor]:
+    """The eligible tensors by name: tied tensors once; a string is one name (never split into characters)."""
     named = as_tensor_dict(model)
     if params is not None:
-        if isinstance(model, nn.Module):
-            full = dict(model.named_parameters())
-            missing = [p for p in params if p not in full]
-            if missing:
-                raise ValueError(f"params: {missing} are not parameters of the model")
-            named = {p: full[p] for p in params}
-        else:
-            missing = [p for p in params if p not in named]
-            if missing:
-                raise ValueError(f"params: {missing} are not in the given parameter dict")
-            named = {p: named[p] for p in params}
-        if not named:
+        if isinstance(params, str):
+            params = [params]
+        params = list(params)
+        bad = [p for p in params if not isinstance(p, str)]
+        if bad:
+            raise ValueError(f"params: expected parameter names (strings), got {bad!r}")
+        full = _param_lookup(model) if isinstance(model, nn.Module) else named
+        missing = [p for p in params if p not in full]
+        if missing:
+            where = "parameters of the model" if isinstance(model, nn.Module) else "in the given parameter dict"
+            raise ValueError(f"params: {missing} are not {where}")
+        if not params:
             raise ValueError("params: is empty; there is nothing to prune")
+        named = {}
+        for p in params:
+            if not any(full[p] is q for q in named.values()):  # two names of one tied tensor: once
+                named[p] = full[p]
+    _check_real(named)
     return named
+
+
+def _protected_masks(
+    named: Mapping[str, torch.Tensor], alive: Mapping[str, torch.Tensor | None], min_kept: int, width: int
+) -> dict[str, torch.Tensor | None]:
+    """Flat bool masks of the ``min_kept`` largest-magnitude alive entries of each layer (None: none)."""
+    fdt, _ = _key_dtypes(width)
+    out: dict[str, torch.Tensor | None] = {}
+    for name, t in named.items():
+        mag = t.detach().reshape(-1).to(fdt).abs()
+        m = alive[name]
+        if m is not None:
+            mag = torch.where(m, mag, torch.full_like(mag, -1.0))
+        k = min(min_kept, mag.numel() if m is None else int(m.sum()))
+        if k == 0:
+            out[name] = None
+            continue
+        prot = torch.zeros(mag.numel(), dtype=torch.bool, device=mag.device)
+        prot[torch.topk(mag, k, sorted=False).indices] = True
+        out[name] = prot
+    return out
 
 
 def global_magnitude_masks(
     model: nn.Module | Mapping[str, torch.Tensor],
     sparsity: float,
     *,
-    params: list[str] | None = None,
+    params: str | list[str] | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
+    min_kept_per_layer: int = 0,
+    warn_collapse: bool = True,
 ) -> Masks:
     """Masks that prune the fraction ``sparsity`` of all eligible weights with the smallest ``|w|``, globally.
 
     Defined in book/intro.md.
 
     ``model`` is an ``nn.Module`` (conv/linear weights are eligible; biases and norms untouched)
-    or a dict name -> tensor. ``params`` restricts the eligible parameters by name. With
-    ``masks``, already-pruned entries stay pruned and ``sparsity`` is the **total** target, which
-    must be at least the current sparsity. Exactly ``floor(sparsity * N)`` entries are pruned.
+    or a dict name -> tensor. ``params`` restricts the eligible parameters by name (one name may be
+    given as a string). With ``masks``, already-pruned entries stay pruned and ``sparsity`` is the
+    **total** target, which must be at least the current sparsity. Exactly ``floor(sparsity * N)``
+    entries are pruned. A tensor shared by several layers (tied weights) counts once.
+
+    A global threshold can empty a layer whose weights are small (ResNet-50's ``fc.weight`` at
+    initialisation, at 90 %): such a *layer collapse* is reported with a
+    :class:`~pruninglab.masks.SparsityWarning` naming the layer (``warn_collapse=False`` silences
+    it); ``min_kept_per_layer=k`` keeps the ``k`` largest-magnitude weights of every layer out of
+    the ranking, so no layer can collapse below ``k``.
     """
     s = _check_sparsity(sparsity)
+    if isinstance(min_kept_per_layer, bool) or not isinstance(min_kept_per_layer, int) or min_kept_per_layer < 0:
+        raise ValueError(f"min_kept_per_layer: expected a non-negative integer, got {min_kept_per_layer!r}")
     named = _resolve_params(model, params)
     total = sum(t.numel() for t in named.values())
     num_prune_total = math.floor(s * total + 1e-9)
+    if masks is not None:
+        check_masks(named, masks)
     already = 0 if masks is None else sum(int((~masks[n]).sum()) for n in named if n in masks)
     if num_prune_total < already:
         raise ValueError(
             f"sparsity: {s} is below the {already / total:.4f} already pruned by masks; pruning cannot un-prune"
         )
     num_prune = num_prune_total - already
-    if masks is not None:
-        check_masks(named, masks)
-    alive, _ = _alive_masks(named, masks)
+    alive, n_alive = _alive_masks(named, masks)
+    width = _key_width(named)
     if num_prune == 0:
+        check_finite(named)
         return _unchanged_masks(named, alive)
+    protected: dict[str, torch.Tensor | None] = {n: None for n in named}
+    if min_kept_per_layer:
+        check_finite(named)
+        protected = _protected_masks(named, alive, min_kept_per_layer, width)
+        n_prot = sum(int(p.sum()) for p in protected.values() if p is not None)
+        if num_prune > n_alive - n_prot:
+            raise ValueError(
+                f"sparsity: {s} prunes {num_prune} more weights, but min_kept_per_layer={min_kept_per_layer} "
+                f"leaves only {n_alive - n_prot} prunable; lower one of them"
+            )
+        alive = {n: (a if protected[n] is None else
+                     (~protected[n] if a is None else a & ~protected[n])) for n, a in alive.items()}
 
     def nonfinite() -> None:
-        for name, t in named.items():
-            if not bool(torch.isfinite(t.detach()).all()):
-                raise ValueError(f"params[{name!r}]: contains NaN or Inf values; cannot rank weights by magnitude")
+        check_finite(named)
 
     # |w| is read off the bit patterns layer by layer (sign bit cleared): no copy of all magnitudes.
-    return _select_lowest(
-        list(named), {n: t.shape for n, t in named.items()}, lambda name: _magnitude_bits(named[name]),
-        num_prune, alive, next(iter(named.values())).device, nonfinite_name=nonfinite,
+    out = _select_lowest(
+        list(named), {n: t.shape for n, t in named.items()}, lambda name: _magnitude_bits(named[name], width),
+        num_prune, alive, next(iter(named.values())).device, width, nonfinite_name=nonfinite,
     )
+    for n, p in protected.items():
+        if p is not None:
+            out[n] = out[n] | p.reshape(out[n].shape)
+    if warn_collapse:
+        warn_collapsed(out, stacklevel=3, min_kept=min_kept_per_layer)
+    return out
 
 
 def layerwise_magnitude_masks(
     model: nn.Module | Mapping[str, torch.Tensor],
     sparsity: float | Mapping[str, float],
     *,
-    params: list[str] | None = None,
+    params: str | list[str] | None = None,
 ) -> Masks:
     """Prune the fraction ``sparsity`` of each layer separately (a float, or a dict per layer name).
 
@@ -261,7 +346,7 @@ def layerwise_magnitude_masks(
     out: Masks = {}
     for name, t in named.items():
         s = _check_sparsity(sparsity[name] if isinstance(sparsity, Mapping) else sparsity, f"sparsity[{name!r}]")
-        out.update(lowest_score_masks({name: t.detach().abs()}, math.floor(s * t.numel() + 1e-9)))
+        out.update(_lowest({name: t.detach().abs()}, math.floor(s * t.numel() + 1e-9), None, "params"))
     return out
 
 
@@ -270,15 +355,19 @@ def random_masks(
     sparsity: float,
     *,
     generator: torch.Generator | None = None,
-    params: list[str] | None = None,
+    params: str | list[str] | None = None,
     masks: Mapping[str, torch.Tensor] | None = None,
 ) -> Masks:
     """Masks that prune a uniformly random fraction ``sparsity`` of the eligible weights (globally).
 
-    Defined in book/sharpness.md. The baseline every pruner must beat.
+    Defined in book/sharpness.md. The baseline every pruner must beat. The weights are validated as
+    for magnitude pruning (real, finite), although their values do not matter here.
     """
     s = _check_sparsity(sparsity)
     named = _resolve_params(model, params)
+    check_finite(named)
+    if masks is not None:
+        check_masks(named, masks)
     total = sum(t.numel() for t in named.values())
     already = 0 if masks is None else sum(int((~masks[n]).sum()) for n in named if n in masks)
     num = math.floor(s * total + 1e-9)
@@ -295,7 +384,8 @@ def random_masks(
 def one_shot_magnitude_prune(model: nn.Module, sparsity: float, **kwargs) -> Masks:
     """Global one-shot magnitude pruning: compute masks, zero the pruned weights in place, return the masks.
 
-    Defined in book/intro.md.
+    Defined in book/intro.md. ``kwargs`` go to :func:`global_magnitude_masks` (``params``,
+    ``masks``, ``min_kept_per_layer``, ``warn_collapse``).
     """
     from ..masks import apply_masks
 

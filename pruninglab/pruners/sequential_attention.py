@@ -146,9 +146,13 @@ class SequentialAttentionPruner(BlockPruner):
         elif kind == "sparse":
             # After a sparsification phase the mask already has k blocks and this keeps it; after a
             # dense phase it takes the top-k by attention in one shot.
-            for p in self._params.values():
+            for n, p in self._params.items():
                 k = kept_blocks(p.layout.num_blocks, self.sparsity)
-                p.mask.copy_(topk_block_mask(p.attention(), k, alive=p.mask))
+                att = p.attention()
+                if not bool(torch.isfinite(att).all()):  # once per phase, not per step
+                    raise ValueError(f"params[{n!r}]: its block attention (logits) became NaN or Inf; "
+                                     "training diverged (lower the learning rate)")
+                p.mask.copy_(topk_block_mask(att, k, alive=p.mask))
         # "sparsify" starts from the current mask (all ones after a dense phase).
 
     @torch.no_grad()
@@ -179,6 +183,8 @@ class SequentialAttentionPruner(BlockPruner):
         masks = self.masks
         for name, mod in self._modules.items():
             fold_parametrization(mod, "weight")
+            # W * A * M is NaN where a pruned W was NaN (NaN * 0): pruned entries are set to exactly 0.
+            mod.weight.detach().masked_fill_(~masks[name].to(mod.weight.device), 0)
         self._final_masks = {n: m.clone() for n, m in masks.items()}
         self._params = {}
         self._finalized = True
