@@ -361,7 +361,7 @@ def test_logit_weight_decay_is_an_l2_penalty_on_the_logits():
     pr = SequentialAttentionPruner(model, 0.75, 4, PHASES, min_blocks=4, layers=["2"], init_std=1.0,
                                    logit_weight_decay=0.1)
     logits = pr.attention_parameters()[0]
-    assert float(pr.loss_penalty(model)) == pytest.approx(0.05 * float(logits.detach().square().sum()))
+    assert float(pr.loss_penalty(model).detach()) == pytest.approx(0.05 * float(logits.detach().square().sum()))
     off = SequentialAttentionPruner(model_and_data()[0], 0.75, 4, PHASES, min_blocks=4, layers=["2"])
     assert off.loss_penalty() is None
     # One plain SGD step: the decayed logits differ from the undecayed ones by -lr * wd * L.

@@ -260,8 +260,10 @@ def actual_block_limit(
     tolerance`` (``rule=">"``, the default: with tolerance 0 the rule of the paper's code,
     strictly above dense) or ``>= dense - tolerance`` (``rule=">="``). The whole grid is scanned
     (fractions that remove the same blocks are scored once) and the largest good fraction is
-    returned, so no good point right of a bad one is missed. ``bracket`` is ``(p, next grid
-    point)``. The model's weights are restored before returning.
+    returned, so no good point right of a bad one is missed. ``bracket`` is ``(p, first bad grid
+    point after it)``; ``evaluations`` holds ``(p, score)`` for ``p = 0`` and every grid point, so
+    the limit under another rule or tolerance can be read off without scoring again. The model's
+    weights are restored before returning.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -311,7 +313,7 @@ def actual_block_limit(
                 for n, t in live.items():
                     t.copy_(originals[n] * masks[n])
                 cache[key] = score()
-                evaluations.append((p, cache[key]))
+            evaluations.append((p, cache[key]))
             if good(cache[key]):
                 best, best_score, after = p, cache[key], None
             elif after is None:
