@@ -325,3 +325,63 @@ def test_schedules_cover_every_run_length_exactly():
                 assert phases[0].start == 0 and phases[-1].end == total
                 assert all(a.end == b.start for a, b in zip(phases, phases[1:]))
                 assert all(p.end > p.start for p in phases)
+
+
+# --------------------------------------------------------------------------- SA++ logit options (App. C.1)
+
+
+def _sapp_run(seed=0, steps=12, lr=0.5, **options):
+    model, ds = model_and_data(seed)
+    pr = SequentialAttentionPruner(model, 0.75, 4, PHASES, min_blocks=4, layers=["0", "2"], init_std=1.0,
+                                   **options)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    train(model, nn.functional.cross_entropy, make_loader(ds, 16, seed=seed), optimizer, steps=steps,
+          hooks=[pr])
+    return model, pr
+
+
+def test_logit_clip_bounds_logits_and_attention():
+    _, free = _sapp_run(logit_clip=None)
+    c_free = max(float(p.detach().abs().max()) for p in free.attention_parameters())
+    assert c_free > 0.9  # init_std=1: unclipped logits reach well past the bound below
+    _, pr = _sapp_run(logit_clip=0.3)
+    assert pr.logit_clip == 0.3
+    assert all(float(p.detach().abs().max()) <= 0.3 + 1e-7 for p in pr.attention_parameters())
+    _, pr = _sapp_run(logit_clip="density")
+    c = 0.5 * math.log(1 / 0.25)
+    assert pr.logit_clip == pytest.approx(c)
+    assert all(float(p.detach().abs().max()) <= c + 1e-7 for p in pr.attention_parameters())
+    # the bound on the logits keeps A in [density, 1 / density] = [0.25, 4]
+    for a in pr.attention().values():
+        assert float(a.min()) >= 0.25 - 1e-6 and float(a.max()) <= 4 + 1e-6
+
+
+def test_logit_weight_decay_is_an_l2_penalty_on_the_logits():
+    model, _ = model_and_data()
+    pr = SequentialAttentionPruner(model, 0.75, 4, PHASES, min_blocks=4, layers=["2"], init_std=1.0,
+                                   logit_weight_decay=0.1)
+    logits = pr.attention_parameters()[0]
+    assert float(pr.loss_penalty(model).detach()) == pytest.approx(0.05 * float(logits.detach().square().sum()))
+    off = SequentialAttentionPruner(model_and_data()[0], 0.75, 4, PHASES, min_blocks=4, layers=["2"])
+    assert off.loss_penalty() is None
+    # One plain SGD step: the decayed logits differ from the undecayed ones by -lr * wd * L.
+    lr, wd = 0.5, 0.2
+    m0, p0 = _sapp_run(steps=1, lr=lr)
+    m1, p1 = _sapp_run(steps=1, lr=lr, logit_weight_decay=wd)
+    _, start = _sapp_run(steps=0, lr=lr)
+    for l0, l1, ls in zip(p0.attention_parameters(), p1.attention_parameters(), start.attention_parameters()):
+        assert torch.allclose(l1 - l0, -lr * wd * ls.detach(), atol=1e-6)
+    # the network weights are not decayed by it
+    for (n, a), b in zip(m0.named_parameters(), m1.parameters()):
+        if "logits" not in n:
+            assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_logit_option_bad_input():
+    model, _ = model_and_data()
+    with pytest.raises(ValueError, match="logit_clip"):
+        SequentialAttentionPruner(model, 0.5, 4, PHASES, min_blocks=4, logit_clip=0)
+    with pytest.raises(ValueError, match="logit_clip"):
+        SequentialAttentionPruner(model, 0.5, 4, PHASES, min_blocks=4, logit_clip="sparsity")
+    with pytest.raises(ValueError, match="logit_weight_decay"):
+        SequentialAttentionPruner(model, 0.5, 4, PHASES, min_blocks=4, logit_weight_decay=-1e-4)

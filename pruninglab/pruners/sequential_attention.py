@@ -26,12 +26,14 @@ into plain weights, so pruned entries become exact zeros.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .._checks import nonnegative_float, positive_float
 from .blocks import BlockLayout, BlockPruner, fold_parametrization, topk_block_mask
 from .schedule import Phase, kept_blocks, sparsity_ramp
 
@@ -77,6 +79,19 @@ class SequentialAttentionPruner(BlockPruner):
     ``ramp_c`` is the sparsification ramp constant ``c`` (paper: 4). ``clip_attention=True`` clamps
     ``A`` to ``[1 - s, 1 / (1 - s)]`` (our reading of the paper's ambiguous clipping rule).
 
+    Two more tricks of the paper's implementation (Yasuda et al. 2024, App. C.1), off by default:
+
+    - ``logit_clip``: after every optimizer step the logits are clamped to ``[-c, c]``. A float is
+      ``c``; ``"density"`` takes ``c = ln(1 / (1 - s)) / 2``, the smallest bound that guarantees
+      ``A`` in ``[1 - s, 1 / (1 - s)]`` (with logits in ``[-c, c]``, ``A_b = N e^{L_b} / sum e^{L}``
+      lies in ``[e^{-2c}, e^{2c}]``). Unlike ``clip_attention`` it bounds ``A`` without cutting the
+      gradient of a block whose attention sits at a bound.
+    - ``logit_weight_decay``: the pruner's :meth:`loss_penalty` adds ``wd / 2 * sum L^2`` to the loss
+      (the training loop calls it; in a hand-written loop add it to the loss yourself), i.e. weight
+      decay ``wd`` on the logits, on top of any decay the optimizer applies to all parameters. The
+      paper: weight decay "significantly boosts performance, even when applied to the attention
+      logits"; its value is not stated.
+
     Build the optimizer **after** the pruner: the block logits are new parameters of the model.
     """
 
@@ -91,6 +106,8 @@ class SequentialAttentionPruner(BlockPruner):
         ramp_c: float = 4.0,
         clip_attention: bool = False,
         init_std: float = 1e-5,
+        logit_clip: float | str | None = None,
+        logit_weight_decay: float = 0.0,
     ):
         if not phases:
             raise ValueError("phases: expected a schedule, e.g. imagenet_phases(total_steps, 'sapp')")
@@ -107,6 +124,16 @@ class SequentialAttentionPruner(BlockPruner):
                 )
         self.ramp_c = float(ramp_c)
         self.clip_attention = bool(clip_attention)
+        self.logit_weight_decay = nonnegative_float(logit_weight_decay, "logit_weight_decay")
+        if logit_clip == "density":
+            logit_clip = 0.5 * math.log(1.0 / (1.0 - self.sparsity))
+        elif logit_clip is not None:
+            if isinstance(logit_clip, str):
+                raise ValueError(
+                    f"logit_clip: expected None, a positive number or 'density', got {logit_clip!r}"
+                )
+            logit_clip = positive_float(logit_clip, "logit_clip")
+        self.logit_clip: float | None = logit_clip
         density = 1.0 - self.sparsity
         clip = (density, 1.0 / density) if self.clip_attention else None
         self._params: dict[str, BlockAttention] = {}
@@ -165,6 +192,20 @@ class SequentialAttentionPruner(BlockPruner):
             k = kept_blocks(p.layout.num_blocks, s_t)
             # Nested removal: k never exceeds the blocks still alive, whatever the ramp did before.
             p.mask.copy_(topk_block_mask(p.attention(), k, alive=p.mask))
+
+    # -- logit clipping and logit weight decay (App. C.1 of the paper)
+    def loss_penalty(self, model: nn.Module | None = None) -> torch.Tensor | None:
+        """``logit_weight_decay / 2 * sum L^2`` over the managed layers' logits (None when off)."""
+        if self.logit_weight_decay == 0 or not self._params:
+            return None
+        total = sum(p.logits.square().sum() for p in self._params.values())
+        return 0.5 * self.logit_weight_decay * total
+
+    @torch.no_grad()
+    def on_step_end(self, step: int, model: nn.Module | None = None) -> None:
+        if self.logit_clip is not None:
+            for p in self._params.values():
+                p.logits.clamp_(-self.logit_clip, self.logit_clip)
 
     # -- checkpoints
     def load_state_dict(self, state: Mapping) -> None:
