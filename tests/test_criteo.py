@@ -344,3 +344,46 @@ def test_prepare_skips_bad_lines_and_the_cli(tmp_path, capsys):
         CriteoArrays(tmp_path / "tp", 5)
     (_, cats), labels = next(iter(CriteoArrays(tmp_path / "tp", 5, mode="eval")))
     assert labels is None and cats.shape == (5, 26)
+
+
+# --------------------------------------------------------------------------- sparse embedding gradients
+
+
+def test_sparse_embedding_with_dense_sparse_adam():
+    from pruninglab.models import CriteoMLP
+    from pruninglab.optim import DenseSparseAdam
+
+    torch.manual_seed(0)
+    dense_net = CriteoMLP(num_buckets=50)
+    torch.manual_seed(0)
+    sparse_net = CriteoMLP(num_buckets=50, sparse_embedding=True)
+    assert sparse_net._ddp_params_and_buffers_to_ignore == ["embedding.weight"]
+    x = (torch.randn(16, 13), torch.randint(0, 50, (16, 26)))
+    sparse_net(x).sum().backward()
+    dense_net(x).sum().backward()
+    g = sparse_net.embedding.weight.grad
+    assert g.is_sparse and torch.allclose(g.to_dense(), dense_net.embedding.weight.grad, atol=1e-6)
+    opt = DenseSparseAdam(sparse_net, lr=0.1)
+    ref = torch.optim.Adam(dense_net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
+    assert opt.sparse.param_groups[0]["lr"] == opt.dense.param_groups[0]["lr"] == 0.05
+    for o in (opt, ref):
+        for group in o.param_groups:
+            group["lr"] = 0.1
+    before = sparse_net.embedding.weight.detach().clone()
+    opt.step()
+    ref.step()
+    touched = torch.zeros(26 * 50, dtype=torch.bool)
+    touched[(x[1] + sparse_net.offsets).flatten()] = True
+    w = sparse_net.embedding.weight.detach()
+    assert torch.equal(w[~touched], before[~touched])  # lazy: untouched rows do not move
+    # First step of Adam and of lazy Adam agree on the touched rows, and on the dense layers.
+    assert torch.allclose(w[touched], dense_net.embedding.weight.detach()[touched], atol=1e-6)
+    assert torch.allclose(sparse_net.dense[0].weight, dense_net.dense[0].weight, atol=1e-6)
+    state = opt.state_dict()
+    again = DenseSparseAdam(sparse_net, lr=0.1)
+    again.load_state_dict(state)
+    assert again.state_dict()["sparse"]["state"].keys() == state["sparse"]["state"].keys()
+    del sched
+    with pytest.raises(ValueError, match="no sparse embedding"):
+        DenseSparseAdam(dense_net)
