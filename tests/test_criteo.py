@@ -377,8 +377,10 @@ def test_sparse_embedding_with_dense_sparse_adam():
     touched[(x[1] + sparse_net.offsets).flatten()] = True
     w = sparse_net.embedding.weight.detach()
     assert torch.equal(w[~touched], before[~touched])  # lazy: untouched rows do not move
-    # First step of Adam and of lazy Adam agree on the touched rows, and on the dense layers.
-    assert torch.allclose(w[touched], dense_net.embedding.weight.detach()[touched], atol=1e-6)
+    # First step of Adam and of lazy Adam agree on the touched rows (up to where eps enters: SparseAdam
+    # adds it before the bias correction; the step is 0.1 per entry), and exactly on the dense layers.
+    diff = (w[touched] - dense_net.embedding.weight.detach()[touched]).abs()
+    assert float(diff.max()) < 2e-3 and float(diff.median()) < 1e-6
     assert torch.allclose(sparse_net.dense[0].weight, dense_net.dense[0].weight, atol=1e-6)
     state = opt.state_dict()
     again = DenseSparseAdam(sparse_net, lr=0.1)
