@@ -41,3 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"prepared {meta['rows']:,} rows of {args.file} into {out} in {time.perf_counter() - t0:.1f} s "
           f"(num_buckets {meta['num_buckets']}, {meta['skipped']} line(s) skipped)")
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
