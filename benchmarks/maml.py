@@ -10,7 +10,11 @@ gradients are compared (max abs difference, and relative to the largest gradient
 Protocol of BENCHMARKS.md: same process, interleaved A B A B, warm-up, >= 5 repetitions, medians.
 
     python benchmarks/maml.py [--res 25] [--width 64] [--channels 1] [--omega0 30] [--reps 7]
-                              [--threads 2] [--device cpu|cuda] [--first-order]
+                              [--threads 2] [--device cpu|cuda] [--first-order] [--no-compile]
+
+A third variant, ``compiled``, is ``torch.compile(meta_loss)``: the same functional meta-step (vmap over
+signals, torch.func.grad inner steps) traced once, so SIREN's sine and element-wise work fuse; its
+one-time compile time is reported separately, and its gradients are checked against the loop too.
 
 The default is the book's small configuration (25x25 grey LFW faces, width 64, omega0 30); the
 paper's is ``--res 178 --width 256 --channels 3 --omega0 200`` (GPU). Last line: one JSON object.
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--first-order", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     args = ap.parse_args(argv)
     if args.reps < 5:
         raise SystemExit("--reps: at least 5 repetitions (BENCHMARKS.md)")
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         signals = torch.rand(batch, args.res * args.res, args.channels, generator=gen).to(dev)
         base = siren(2, args.width, 4, args.channels, args.omega0, seed=0)
         masks = {n: m.to(dev) for n, m in global_magnitude_masks(dict(prunable_parameters(base)), 0.5).items()}
-        nets = {name: siren(2, args.width, 4, args.channels, args.omega0, seed=0).to(dev) for name in ("vmap", "loop")}
+        names = ("vmap", "loop") if args.no_compile else ("vmap", "loop", "compiled")
+        nets = {name: siren(2, args.width, 4, args.channels, args.omega0, seed=0).to(dev) for name in names}
         for net in nets.values():
             with torch.no_grad():
                 for n, p in net.named_parameters():
@@ -100,17 +106,27 @@ def main(argv: list[str] | None = None) -> int:
                         p.mul_(masks[n])
         steps = {"vmap": make_step(meta_loss, nets["vmap"], coords, signals, masks, args.first_order),
                  "loop": make_step(looped_meta_loss, nets["loop"], coords, signals, masks, args.first_order)}
-        # Warm-up, and the gradient check on the identical first step (same parameters in both).
-        grads = {name: fn() for name, fn in steps.items()}
-        sync(dev)
-        for n in grads["vmap"]:
-            diff = float((grads["vmap"][n] - grads["loop"][n]).abs().max())
-            scale = float(grads["loop"][n].abs().max())
-            max_abs = max(max_abs, diff)
-            max_rel = max(max_rel, diff / scale if scale > 0 else diff)
-        times: dict[str, list[float]] = {"vmap": [], "loop": []}
+        if "compiled" in nets:
+            steps["compiled"] = make_step(torch.compile(meta_loss), nets["compiled"], coords, signals, masks,
+                                          args.first_order)
+        # Warm-up (and compilation), and the gradient check on the identical first step (same parameters).
+        grads = {}
+        for name, fn in steps.items():
+            sync(dev)
+            t0 = time.perf_counter()
+            grads[name] = fn()
+            sync(dev)
+            if name == "compiled":
+                figures[f"compile_s_b{batch}"] = round(time.perf_counter() - t0, 1)
+        for other in [k for k in grads if k != "loop"]:
+            for n in grads[other]:
+                diff = float((grads[other][n] - grads["loop"][n]).abs().max())
+                scale = float(grads["loop"][n].abs().max())
+                max_abs = max(max_abs, diff)
+                max_rel = max(max_rel, diff / scale if scale > 0 else diff)
+        times: dict[str, list[float]] = {k: [] for k in steps}
         for _ in range(args.reps):
-            for name in ("loop", "vmap"):  # interleaved
+            for name in steps:  # interleaved
                 sync(dev)
                 t0 = time.perf_counter()
                 steps[name]()
@@ -124,11 +140,19 @@ def main(argv: list[str] | None = None) -> int:
         figures[f"speedup_b{batch}"] = round(speedup, 3)
         figures[f"loop_ms_b{batch}"] = round(med["loop"] * 1e3, 2)
         figures[f"vmap_ms_b{batch}"] = round(med["vmap"] * 1e3, 2)
+        if "compiled" in med:
+            print(f"meta-batch {batch:>3}: compiled {med['compiled'] * 1e3:8.1f} ms [{min(times['compiled']) * 1e3:.1f}, "
+                  f"{max(times['compiled']) * 1e3:.1f}]  vs loop {med['loop'] / med['compiled']:5.2f}x, vs eager vmap "
+                  f"{med['vmap'] / med['compiled']:5.2f}x (compile {figures[f'compile_s_b{batch}']} s once)", flush=True)
+            figures[f"compiled_ms_b{batch}"] = round(med["compiled"] * 1e3, 2)
+            figures[f"compiled_vs_loop_b{batch}"] = round(med["loop"] / med["compiled"], 3)
+            figures[f"compiled_vs_vmap_b{batch}"] = round(med["vmap"] / med["compiled"], 3)
     load1 = loadavg()
     suspect = load0 is not None and load1 is not None and max(load0[0], load1[0]) > args.threads
     figures.update(max_grad_diff=max_abs, max_grad_rel_diff=max_rel, loadavg_start=load0, loadavg_end=load1,
                    load_above_threads=suspect, wall_s=round(time.perf_counter() - t_start, 1))
-    print(f"max gradient difference vmap vs loop: {max_abs:.2e} absolute, {max_rel:.2e} relative to the largest entry")
+    assert max_abs < 1e-5, f"gradients differ from the loop by {max_abs:.2e}"
+    print(f"max gradient difference (vmap, compiled) vs loop: {max_abs:.2e} absolute, {max_rel:.2e} relative to the largest entry")
     print(f"loadavg start {load0} end {load1}" + ("  (1-min load above the thread count: figures suspect)" if suspect else ""))
     print(json.dumps(figures))
     return 0

@@ -84,7 +84,9 @@ def test_test_format_and_cli(tmp_path, capsys):
     lines = out.read_text().split("\n")[:-1]
     assert len(lines) == 30 and all(line.count("\t") == 38 for line in lines)
     assert "39 fields" in capsys.readouterr().out
-    batches = CriteoBatches(out, 10)  # has_label detected from the first line
+    with pytest.raises(CriteoFormatError, match=r"test\.txt: lines have 39 fields, no label: this is the unlabelled"):
+        CriteoBatches(out, 10)  # training needs labels
+    batches = CriteoBatches(out, 10, mode="eval")  # has_label detected from the first line
     assert not batches.has_label
     (ints, cats), labels = next(iter(batches))
     assert labels is None and ints.shape == (10, 13) and cats.shape == (10, 26)
@@ -181,9 +183,10 @@ def test_malformed_line_names_file_and_line(tmp_path, bad, message):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(CriteoFormatError, match=rf"bad\.txt, line 1234: {message}"):
         list(CriteoBatches(path, 100, has_label=True))
-    # With the explicit option the line is skipped and counted; its batch is one row short.
+    # With the explicit option the line is skipped, counted and reported; its batch is one row short.
     reader = CriteoBatches(path, 100, has_label=True, on_error="skip")
-    sizes = [len(y) for _, y in reader]
+    with pytest.warns(UserWarning, match=r"skipped 1 malformed line\(s\) of .*bad\.txt in epoch 0"):
+        sizes = [len(y) for _, y in reader]
     assert reader.skipped == 1 and sizes[12] == 99 and sum(sizes) == 1299
 
 
@@ -208,3 +211,182 @@ def test_last_line_without_newline_and_bad_arguments(tmp_path):
         CriteoBatches(other, 1)
     with pytest.raises(ValueError, match="rows"):
         write_synthetic_criteo(tmp_path / "x.txt", 0)
+
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+def test_empty_compressed_and_misdelimited_files_get_a_hint(tmp_path):
+    import gzip
+
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(CriteoFormatError, match=r"empty\.txt: the file is empty"):
+        CriteoBatches(empty, 1)
+    gz = tmp_path / "train.txt.gz"
+    gz.write_bytes(gzip.compress(("0" + "\t" * 39 + "\n").encode() * 50))
+    with pytest.raises(CriteoFormatError, match=r"line 1: has \d+ tab-separated fields.*gzip-compressed; decompress "
+                                                r"it first \(e\.g\. `gunzip train\.txt\.gz`\)"):
+        CriteoBatches(gz, 1)
+    csv = tmp_path / "c.csv"
+    csv.write_text("0," + ",".join(["1"] * 39) + "\n")
+    with pytest.raises(CriteoFormatError, match=r"has 1 tab-separated fields.*commas and no tabs"):
+        CriteoBatches(csv, 1)
+
+
+def test_file_that_ends_early_names_file_and_line(tmp_path):
+    path = write_synthetic_criteo(tmp_path / "t.txt", 500, seed=0)
+    reader = CriteoBatches(path, 100)  # indexed at 500 lines
+    data = path.read_bytes()
+    cut = [i for i, b in enumerate(data) if b == 10][249] + 1  # keep exactly 250 whole lines
+    path.write_bytes(data[:cut])
+    import os
+
+    os.utime(path, ns=(0, 0))  # an old mtime would not hide it either; the reader checks what it reads
+    with pytest.raises(CriteoFormatError, match=r"t\.txt, line 251: the file ends early"):
+        list(reader.batches(0, 0))
+    # A last line cut mid-way, without its newline: the message says the file looks truncated.
+    path.write_bytes(data[: cut + 30])
+    with pytest.raises(CriteoFormatError, match=r"t\.txt, line 251: has \d+ tab-separated fields.*no line ending: "
+                                                r"the file looks truncated"):
+        list(CriteoBatches(path, 50, mode="eval"))
+
+
+def test_skip_never_yields_an_empty_batch(tmp_path):
+    path = tmp_path / "mostly_bad.txt"
+    good, bad = "0" + "\t" * 39, "x" + "\t" * 39
+    path.write_text("\n".join([good] * 10 + [bad] * 10 + [good] * 10) + "\n")
+    reader = CriteoBatches(path, 10, on_error="skip")
+    with pytest.raises(CriteoFormatError, match=r"lines 11-20: all 10 lines of this batch are malformed"):
+        list(reader)
+
+
+# --------------------------------------------------------------------------- prepared arrays
+
+from pruninglab.data.criteo_prepared import CriteoArrays, open_criteo, prepare_criteo  # noqa: E402
+
+
+def batches_equal(a, b):
+    return len(a) == len(b) and all(
+        torch.equal(x[0][0], y[0][0]) and torch.equal(x[0][1], y[0][1]) and torch.equal(x[1], y[1])
+        for x, y in zip(a, b))
+
+
+def test_prepared_arrays_match_the_text_reader(train_file, tmp_path):
+    out = prepare_criteo(train_file, tmp_path / "prep", num_buckets=NB, chunk_rows=2500)
+    assert sorted(p.name for p in out.iterdir()) == ["categoricals.npy", "integers.npy", "labels.npy", "meta.json"]
+    for kw in ({}, {"start_row": 100, "end_row": 8900}, {"rank": 1, "world_size": 2},
+               {"mode": "eval", "start_row": 50, "end_row": 1050, "rank": 0, "world_size": 2}):
+        text = list(CriteoBatches(train_file, 700, num_buckets=NB, **kw))
+        arrays = list(CriteoArrays(out, 700, num_buckets=NB, **kw))
+        assert batches_equal(text, arrays), kw
+    reader = CriteoArrays(out, 700)
+    assert batches_equal(list(reader.batches(2, 5)), list(reader)[5:])  # resume: skip without reading
+    assert isinstance(open_criteo(out, 700), CriteoArrays)
+    assert isinstance(open_criteo(train_file, 700, pin_memory=False), CriteoBatches)
+    with pytest.raises(ValueError, match=r"num_buckets: 999 differs from the 1000"):
+        CriteoArrays(out, 10, num_buckets=999)
+    # Preparing again: the same settings are a no-op; other settings are refused, not overwritten.
+    assert prepare_criteo(train_file, out, num_buckets=NB) == out
+    with pytest.raises(ValueError, match=r"already holds a preparation"):
+        prepare_criteo(train_file, out, num_buckets=500)
+
+
+def test_prepare_resumes_after_a_kill_and_is_atomic(train_file, tmp_path, monkeypatch):
+    import pruninglab.data.criteo_prepared as cp
+
+    real = cp._parse_chunk
+    calls = []
+
+    def dying(args):
+        calls.append(args[2])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a kill would, between two chunks
+        return real(args)
+
+    monkeypatch.setattr(cp, "_parse_chunk", dying)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_criteo(train_file, tmp_path / "p", num_buckets=NB, chunk_rows=2000)
+    names = sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert "meta.json" not in names and "progress.json" in names and "integers.npy" not in names
+    with pytest.raises(FileNotFoundError, match=r"an unfinished preparation \(rerun prepare-criteo"):
+        CriteoArrays(tmp_path / "p", 10)
+    calls.clear()
+    monkeypatch.setattr(cp, "_parse_chunk", lambda a: (calls.append(a[2]), real(a))[1])
+    prepare_criteo(train_file, tmp_path / "p", num_buckets=NB, chunk_rows=2000)
+    assert calls == [4001, 6001, 8001]  # the two finished chunks were not parsed again
+    monkeypatch.setattr(cp, "_parse_chunk", real)
+    clean = prepare_criteo(train_file, tmp_path / "clean", num_buckets=NB, chunk_rows=3000, workers=2)
+    assert batches_equal(list(CriteoArrays(tmp_path / "p", 1000)), list(CriteoArrays(clean, 1000)))
+    assert not (tmp_path / "p" / "progress.json").exists()
+
+
+def test_prepare_skips_bad_lines_and_the_cli(tmp_path, capsys):
+    from pruninglab.experiments.prepare_criteo import main
+
+    good = "0\t" + "\t".join(["3"] * 13) + "\t" * 26
+    path = tmp_path / "t.txt"
+    path.write_text("\n".join([good] * 5 + ["junk"] + [good] * 4) + "\n")
+    with pytest.raises(CriteoFormatError, match=r"t\.txt, line 6: has 1 tab-separated fields"):
+        main([str(path), str(tmp_path / "a"), "--num-buckets", "50", "--quiet"])
+    assert main([str(path), str(tmp_path / "b"), "--num-buckets", "50", "--skip-bad-lines", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "prepared 9 rows" in out and "1 line(s) skipped" in out
+    import numpy as np
+
+    assert np.load(tmp_path / "b" / "integers.npy").shape == (9, 13)  # the header was shrunk to the rows kept
+    (ints, _), labels = next(iter(CriteoArrays(tmp_path / "b", 9)))
+    assert torch.allclose(ints, torch.full((9, 13), math.log(6))) and labels.shape == (9,)
+    test = write_synthetic_criteo(tmp_path / "test.txt", 20, with_label=False)
+    prepare_criteo(test, tmp_path / "tp", num_buckets=50)
+    with pytest.raises(CriteoFormatError, match="unlabelled test file"):
+        CriteoArrays(tmp_path / "tp", 5)
+    (_, cats), labels = next(iter(CriteoArrays(tmp_path / "tp", 5, mode="eval")))
+    assert labels is None and cats.shape == (5, 26)
+
+
+# --------------------------------------------------------------------------- sparse embedding gradients
+
+
+def test_sparse_embedding_with_dense_sparse_adam():
+    from pruninglab.models import CriteoMLP
+    from pruninglab.optim import DenseSparseAdam
+
+    torch.manual_seed(0)
+    dense_net = CriteoMLP(num_buckets=50)
+    torch.manual_seed(0)
+    sparse_net = CriteoMLP(num_buckets=50, sparse_embedding=True)
+    assert sparse_net._ddp_params_and_buffers_to_ignore == ["embedding.weight"]
+    x = (torch.randn(16, 13), torch.randint(0, 50, (16, 26)))
+    sparse_net(x).sum().backward()
+    dense_net(x).sum().backward()
+    g = sparse_net.embedding.weight.grad
+    assert g.is_sparse and torch.allclose(g.to_dense(), dense_net.embedding.weight.grad, atol=1e-6)
+    opt = DenseSparseAdam(sparse_net, lr=0.1)
+    ref = torch.optim.Adam(dense_net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
+    assert opt.sparse.param_groups[0]["lr"] == opt.dense.param_groups[0]["lr"] == 0.05
+    for o in (opt, ref):
+        for group in o.param_groups:
+            group["lr"] = 0.1
+    before = sparse_net.embedding.weight.detach().clone()
+    opt.step()
+    ref.step()
+    touched = torch.zeros(26 * 50, dtype=torch.bool)
+    touched[(x[1] + sparse_net.offsets).flatten()] = True
+    w = sparse_net.embedding.weight.detach()
+    assert torch.equal(w[~touched], before[~touched])  # lazy: untouched rows do not move
+    # First lazy-Adam step on the touched rows, written out: lr * g / (|g| + eps / sqrt(1 - beta2))
+    # (SparseAdam adds eps before the bias correction); Adam on the dense layers as torch's Adam.
+    gd = g.to_dense()[touched]
+    expected = before[touched] - 0.1 * gd / (gd.abs() + 1e-8 / math.sqrt(1 - 0.999))
+    assert torch.allclose(w[touched], expected, atol=1e-6)
+    assert torch.allclose(sparse_net.dense[0].weight, dense_net.dense[0].weight, atol=1e-6)
+    state = opt.state_dict()
+    again = DenseSparseAdam(sparse_net, lr=0.1)
+    again.load_state_dict(state)
+    assert again.state_dict()["sparse"]["state"].keys() == state["sparse"]["state"].keys()
+    del sched
+    with pytest.raises(ValueError, match="no sparse embedding"):
+        DenseSparseAdam(dense_net)

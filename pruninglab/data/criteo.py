@@ -55,8 +55,15 @@ class CriteoFormatError(ValueError):
 # --------------------------------------------------------------------------- parsing
 
 
-def _diagnose(line: str, has_label: bool, path: str, lineno: int) -> CriteoFormatError:
+def _diagnose(line: str, has_label: bool, path: str, lineno: int, unterminated: bool = False) -> CriteoFormatError:
     """A precise error for a line that failed the fast whole-line check (slow path, errors only)."""
+    err = _diagnose_fields(line, has_label, path, lineno)
+    if unterminated:
+        return CriteoFormatError(f"{err}; it is the last line and has no line ending: the file looks truncated")
+    return err
+
+
+def _diagnose_fields(line: str, has_label: bool, path: str, lineno: int) -> CriteoFormatError:
     fields = line.split("\t")
     expected = TRAIN_FIELDS if has_label else TEST_FIELDS
     where = f"{path}, line {lineno}"
@@ -87,6 +94,67 @@ def _diagnose(line: str, has_label: bool, path: str, lineno: int) -> CriteoForma
     return CriteoFormatError(f"{where}: malformed line {line[:80]!r}")
 
 
+def _parse_raw(
+    lines: Sequence[bytes | str],
+    *,
+    has_label: bool,
+    num_buckets: int,
+    path: str,
+    first_lineno: int,
+    on_error: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int, int | None]:
+    """Validated raw values: ``(integers int64 [n, 13] (missing -> 0), hashed ids int64 [n, 26], labels, skipped,
+    line number of the first skipped line)``."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error: expected 'raise' or 'skip', got {on_error!r}")
+    if isinstance(num_buckets, bool) or int(num_buckets) != num_buckets or num_buckets < 2:
+        raise ValueError(f"num_buckets: expected an integer >= 2 (index 0 is reserved for missing), got {num_buckets!r}")
+    matcher = _LINE_RE[bool(has_label)].fullmatch
+    off = 1 if has_label else 0
+    rows: list[list[str]] = []
+    skipped = 0
+    first_skipped = None
+    for i, raw in enumerate(lines):
+        line = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        # Only the line ending is removed: trailing tabs are empty (missing) fields.
+        terminated = line.endswith("\n")
+        if terminated:
+            line = line[:-1]
+        if line.endswith("\r"):
+            line = line[:-1]
+        if matcher(line) is None:
+            if on_error == "skip":
+                skipped += 1
+                if first_skipped is None:
+                    first_skipped = first_lineno + i
+                continue
+            raise _diagnose(line, has_label, path, first_lineno + i,
+                            unterminated=not terminated and i == len(lines) - 1 and isinstance(raw, bytes))
+        rows.append(line.split("\t"))
+    n = len(rows)
+    ints = np.zeros((n, NUM_INTEGER), dtype=np.int64)
+    cats = np.full((n, NUM_CATEGORICAL), -1, dtype=np.int64)
+    labels = np.zeros(n, dtype=np.float32)
+    # Column-wise conversion: the fields were validated above, so int() cannot fail here.
+    for j in range(NUM_INTEGER):
+        ints[:, j] = [int(r[off + j]) if r[off + j] else 0 for r in rows]
+    for j in range(NUM_CATEGORICAL):
+        k = off + NUM_INTEGER + j
+        cats[:, j] = [int(r[k], 16) if r[k] else -1 for r in rows]
+    if has_label:
+        labels[:] = [r[0] == "1" for r in rows]
+    cats = np.where(cats < 0, 0, 1 + cats % (int(num_buckets) - 1))
+    return ints, cats, (labels if has_label else None), skipped, first_skipped
+
+
+def preprocess_integers(raw: np.ndarray) -> torch.Tensor:
+    """Raw integer features -> float32 ``log(max(x, -2) + 3)`` (missing was stored as 0 -> ``log 3``).
+
+    Defined in book/sapp_criteo.md.
+    """
+    return torch.from_numpy(np.log(np.maximum(np.asarray(raw, dtype=np.float64), -2.0) + 3.0).astype(np.float32))
+
+
 def parse_lines(
     lines: Sequence[bytes | str],
     *,
@@ -106,42 +174,35 @@ def parse_lines(
     naming ``path`` and its line number (``first_lineno`` is the number of ``lines[0]``), or with
     ``on_error="skip"`` is dropped and counted in ``n_skipped``.
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error: expected 'raise' or 'skip', got {on_error!r}")
-    if isinstance(num_buckets, bool) or int(num_buckets) != num_buckets or num_buckets < 2:
-        raise ValueError(f"num_buckets: expected an integer >= 2 (index 0 is reserved for missing), got {num_buckets!r}")
-    matcher = _LINE_RE[bool(has_label)].fullmatch
-    off = 1 if has_label else 0
-    rows: list[list[str]] = []
-    skipped = 0
-    for i, raw in enumerate(lines):
-        line = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
-        # Only the line ending is removed: trailing tabs are empty (missing) fields.
-        if line.endswith("\n"):
-            line = line[:-1]
-        if line.endswith("\r"):
-            line = line[:-1]
-        if matcher(line) is None:
-            if on_error == "skip":
-                skipped += 1
-                continue
-            raise _diagnose(line, has_label, path, first_lineno + i)
-        rows.append(line.split("\t"))
-    n = len(rows)
-    ints = np.zeros((n, NUM_INTEGER), dtype=np.float64)
-    cats = np.full((n, NUM_CATEGORICAL), -1, dtype=np.int64)
-    labels = np.zeros(n, dtype=np.float32)
-    # Column-wise conversion: the fields were validated above, so int() cannot fail here.
-    for j in range(NUM_INTEGER):
-        ints[:, j] = [int(r[off + j]) if r[off + j] else 0 for r in rows]
-    for j in range(NUM_CATEGORICAL):
-        k = off + NUM_INTEGER + j
-        cats[:, j] = [int(r[k], 16) if r[k] else -1 for r in rows]
-    if has_label:
-        labels[:] = [r[0] == "1" for r in rows]
-    ints_t = torch.from_numpy(np.log(np.maximum(ints, -2.0) + 3.0).astype(np.float32))
-    cats_t = torch.from_numpy(np.where(cats < 0, 0, 1 + cats % (int(num_buckets) - 1)))
-    return ints_t, cats_t, (torch.from_numpy(labels) if has_label else None), skipped
+    ints, cats, labels, skipped, _ = _parse_raw(lines, has_label=has_label, num_buckets=num_buckets, path=path,
+                                                first_lineno=first_lineno, on_error=on_error)
+    return (preprocess_integers(ints), torch.from_numpy(cats),
+            (torch.from_numpy(labels) if labels is not None else None), skipped)
+
+
+def file_hint(path: str | os.PathLike) -> str:
+    """A hint about what a file that is not a Criteo TSV is instead ('' when nothing stands out).
+
+    Defined in book/sapp_criteo.md. Recognises an empty file, gzip/bzip2/xz/zip archives and
+    comma-separated text.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return ""
+    if not head:
+        return "the file is empty"
+    for magic, kind, tool in ((b"\x1f\x8b", "gzip", "gunzip"), (b"BZh", "bzip2", "bunzip2"),
+                              (b"\xfd7zXZ", "xz", "unxz"), (b"PK\x03\x04", "zip", "unzip")):
+        if head.startswith(magic):
+            return f"the file is {kind}-compressed; decompress it first (e.g. `{tool} {Path(path).name}`)"
+    first = head.split(b"\n", 1)[0]
+    if b"\t" not in first and b"," in first:
+        return "the first line has commas and no tabs: Criteo files are tab-separated"
+    if b"\t" not in first and b" " in first:
+        return "the first line has spaces and no tabs: Criteo files are tab-separated"
+    return ""
 
 
 # --------------------------------------------------------------------------- line index
@@ -236,11 +297,39 @@ class _Chunks(torch.utils.data.IterableDataset):
             # Round-robin assignment matches the order in which DataLoader collects from workers.
             for first, n in self.chunks[wid::nw]:
                 lines = _read_lines(fh, self.index, first, n)
+                if len(lines) < n:
+                    raise CriteoFormatError(
+                        f"{self.index.path}, line {first + len(lines) + 1}: the file ends early (it had "
+                        f"{self.index.num_lines} lines when it was indexed); it was truncated or changed while "
+                        "being read"
+                    )
                 ints, cats, labels, skipped = parse_lines(
                     lines, has_label=self.has_label, num_buckets=self.num_buckets, path=self.index.path,
                     first_lineno=first + 1, on_error=self.on_error,
                 )
+                if len(ints) == 0:
+                    raise CriteoFormatError(
+                        f"{self.index.path}, lines {first + 1}-{first + n}: all {n} lines of this batch are malformed "
+                        "(on_error='skip' drops them, but an empty batch cannot be trained on); "
+                        f"is this a Criteo {'train' if self.has_label else 'test'} file?"
+                    )
                 yield (ints, cats), labels, skipped
+
+
+def check_criteo_file(index: LineIndex) -> None:
+    """Refuse an empty, compressed or wrongly delimited file with a message that says which it is.
+
+    Defined in book/sapp_criteo.md.
+    """
+    if index.num_lines == 0:
+        raise CriteoFormatError(f"{index.path}: the file is empty; expected Criteo TSV rows "
+                                f"({TRAIN_FIELDS} tab-separated fields per line)")
+    if index.first_fields not in (TRAIN_FIELDS, TEST_FIELDS):
+        hint = file_hint(index.path)
+        raise CriteoFormatError(
+            f"{index.path}, line 1: has {index.first_fields} tab-separated fields; a Criteo file has "
+            f"{TRAIN_FIELDS} (train, with label) or {TEST_FIELDS} (test, no label)" + (f"; {hint}" if hint else "")
+        )
 
 
 class CriteoBatches:
@@ -286,13 +375,15 @@ class CriteoBatches:
             raise ValueError(f"num_workers: expected a non-negative integer, got {num_workers!r}")
         self.index = index_lines(path)
         self.path = self.index.path
+        check_criteo_file(self.index)
         if has_label is None:
-            if self.index.first_fields not in (TRAIN_FIELDS, TEST_FIELDS):
-                raise CriteoFormatError(
-                    f"{self.path}, line 1: has {self.index.first_fields} tab-separated fields; a Criteo file has "
-                    f"{TRAIN_FIELDS} (train, with label) or {TEST_FIELDS} (test, no label)"
-                )
             has_label = self.index.first_fields == TRAIN_FIELDS
+        if mode == "train" and not has_label:
+            raise CriteoFormatError(
+                f"{self.path}: lines have {TEST_FIELDS} fields, no label: this is the unlabelled test.txt of the "
+                f"Criteo release; training needs train.txt ({TRAIN_FIELDS} fields, label first). "
+                "Read test files with mode='eval'."
+            )
         end = self.index.num_lines if end_row is None else min(int(end_row), self.index.num_lines)
         if not 0 <= int(start_row) < end:
             raise ValueError(
@@ -305,7 +396,7 @@ class CriteoBatches:
         self.batch_size, self.start_row, self.end_row = int(batch_size), int(start_row), end
         self.num_buckets, self.has_label, self.mode = int(num_buckets), bool(has_label), mode
         self.on_error, self.num_workers = on_error, int(num_workers)
-        self.skipped = 0
+        self.skipped = 0  # malformed lines dropped so far (on_error="skip"), over all epochs
         n_rows = end - self.start_row
         b, w = self.batch_size, self.world_size
         if mode == "train":
@@ -338,9 +429,16 @@ class CriteoBatches:
             it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=self.num_workers))
         else:
             it = iter(ds)
+        skipped_now = 0
         for features, labels, skipped in it:
-            self.skipped += int(skipped)
+            skipped_now += int(skipped)
             yield features, labels
+        self.skipped += skipped_now
+        if skipped_now:
+            import warnings
+
+            warnings.warn(f"criteo: skipped {skipped_now} malformed line(s) of {self.path} in epoch {epoch} "
+                          "(on_error='skip'); their batches were that many rows short", stacklevel=2)
 
     def __iter__(self) -> Iterator:
         return self.batches(0, 0)
@@ -436,7 +534,8 @@ def make_criteo_main(argv: list[str] | None = None) -> int:
 
 __all__ = [
     "NUM_INTEGER", "NUM_CATEGORICAL", "NUM_FEATURES", "TRAIN_FIELDS", "TEST_FIELDS",
-    "CriteoFormatError", "parse_lines", "index_lines", "LineIndex", "CriteoBatches",
+    "CriteoFormatError", "parse_lines", "preprocess_integers", "file_hint", "check_criteo_file", "index_lines",
+    "LineIndex", "CriteoBatches",
     "write_synthetic_criteo", "make_criteo_main",
 ]
 
