@@ -260,8 +260,9 @@ class Experiment:
     is: ``"path"`` (a file or folder, resolved to an absolute path; ``data_env`` names the sub-path of
     ``$PRUNINGLAB_DATA`` used when it is omitted), ``"field"`` (the config field ``data``, a name or a
     path), or ``None`` (refused). ``resumable=False`` refuses ``--resume``. ``summarize(metrics)`` is
-    the line printed at the end. ``preset_args`` names config fields that select the preset (passed to
-    ``small``/``full`` by keyword, e.g. the limit's ``model``).
+    the line printed at the end. ``resolve_data(data, config)`` finds the dataset of an omitted or
+    partial ``--data`` (default: ``$PRUNINGLAB_DATA/<data_env>``), or refuses a ``--data`` the config
+    cannot use; it returns the path or None.
     """
 
     name: str
@@ -273,7 +274,7 @@ class Experiment:
     resumable: bool = True
     distributed: bool = False
     summarize: Callable[[dict], str] | None = None
-    check_data: Callable[[Any, str | None], None] | None = None
+    resolve_data: Callable[[str | None, Any], Any] | None = None
 
 
 def identity_record(name: str, scale: str, config: ExperimentConfig, data: str | None) -> dict:
@@ -327,9 +328,12 @@ def _field_overrides(spec: Experiment, args: argparse.Namespace) -> dict:
             if getattr(args, f.name, None) is not None}
 
 
-def _resolve_data(spec: Experiment, data: str | None) -> str | None:
+def _resolve_data(spec: Experiment, data: str | None, config: Any) -> str | None:
     if spec.data != "path":
         return None
+    if spec.resolve_data is not None:
+        found = spec.resolve_data(data, config)
+        return None if found is None else str(Path(found).expanduser().resolve())
     if data is None and os.environ.get("PRUNINGLAB_DATA"):
         data = str(Path(os.environ["PRUNINGLAB_DATA"]) / (spec.data_env or ""))
     return None if data is None else str(Path(data).expanduser().resolve())
@@ -449,9 +453,7 @@ def main(spec: Experiment, argv: Sequence[str] | None = None) -> int:
             raw = args.data or os.environ["PRUNINGLAB_DATA"]
             overrides["data"] = str(Path(raw).resolve()) if Path(raw).exists() else raw
         config = spec.config_cls.for_scale(sc, **overrides)
-        data = _resolve_data(spec, args.data)
-    if spec.check_data is not None:
-        spec.check_data(config, data)
+        data = _resolve_data(spec, args.data, config)
     if args.plan:
         return _plan(spec, config)
 
