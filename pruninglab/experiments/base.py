@@ -315,7 +315,7 @@ def _parser(spec: Experiment) -> argparse.ArgumentParser:
                    help="auto, cpu, cuda, cuda:N or mps (default: $PRUNINGLAB_DEVICE or auto)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # simulate a crash (tests)
-    add_config_arguments(p, spec.config_cls)
+    add_config_arguments(p, spec.config_cls, skip=("data",) if spec.data == "field" else ())
     return p
 
 
