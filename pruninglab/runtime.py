@@ -296,9 +296,10 @@ def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".") or "(value)"]
 
 
-def _is_timing(key: str) -> bool:
+def _is_bookkeeping(key: str) -> bool:
+    """Metrics that describe how a run went, not what it found: timings and where it resumed from."""
     last = key.split(".")[-1]
-    return last.endswith("_s") or last.endswith("_per_s") or "time" in last
+    return last.endswith("_s") or last.endswith("_per_s") or "time" in last or last == "resumed_from"
 
 
 # --------------------------------------------------------------------------- run identity
@@ -384,7 +385,7 @@ def save_result(
 
     A stored result is never replaced silently: when the file exists, a result of another config is
     refused (ValueError naming the differing fields), and so is a different result of the same config;
-    the same result again (equal up to timings) is rewritten. ``overwrite=True`` replaces it anyway.
+    the same result again (equal up to timings and the resume step) is rewritten. ``overwrite=True`` replaces it anyway.
     """
     if not isinstance(metrics, Mapping):
         raise ValueError(f"metrics: expected a mapping of metric name to value, got {type(metrics).__name__}")
@@ -413,7 +414,7 @@ def _refuse_replacement(path: Path, new: dict) -> None:
             f"result: {path} holds the result of another config (differs in: {', '.join(differ[:6])}); "
             "expected a free place: give the run its own identity, or replace it explicitly "
             "(overwrite=True, --overwrite-result)")
-    differ = [k for k in changed_keys(old.get("metrics"), new.get("metrics")) if not _is_timing(k)]
+    differ = [k for k in changed_keys(old.get("metrics"), new.get("metrics")) if not _is_bookkeeping(k)]
     if differ:
         raise ValueError(
             f"result: {path} already holds a different result of this config (metrics differ in: "

@@ -156,7 +156,7 @@ def test_cli_end_to_end_and_bad_input(tmp_path, capsys):
     assert cli.main(["sapp-criteo", "--data", str(tmp_path / "missing.txt")]) == 2
     assert "no Criteo TSV file" in capsys.readouterr().err
     assert cli.main(["sapp-criteo", "--data", str(data), "--method", "lasso"]) == 2
-    assert "method: expected one of dense, sapp" in capsys.readouterr().err
+    assert "method: expected one of 'dense', 'sapp'" in capsys.readouterr().err
     assert cli.main(["sapp-imagenet", "--data", str(tmp_path)]) == 2
     assert "expected layout" in capsys.readouterr().err
     assert cli.main(["sapp-criteo", "--data", str(data), "--batch-size", "100", "--accumulate", "3"]) == 2
