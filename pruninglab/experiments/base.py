@@ -547,19 +547,23 @@ def launch_command(experiment: str, nproc: int | None = None, **flags: Any) -> s
     return " ".join(parts)
 
 
-def recorded_results(experiment: str, match: Mapping[str, Any], *, seeds: Sequence[int] = (0, 1, 2),
-                     scale: str = "full", metrics: Sequence[str] = ()) -> dict:
+def recorded_results(experiment: str, match: Mapping[str, Any] | ExperimentConfig, *,
+                     seeds: Sequence[int] = (0, 1, 2), scale: str = "full", metrics: Sequence[str] = ()) -> dict:
     """The recorded runs of ``experiment`` whose config has the values in ``match``: mean +- std over seeds.
 
     Defined in book/intro.md. Reads the results store (``results/<experiment>/<run id>/result.json``);
-    the data path and the seed are not matched (``match`` names config fields). Returns ``{"runs",
+    the data path and the seed are not matched (``match`` names config fields, or is a config: all its
+    fields but the seed). Returns ``{"runs",
     "seeds_present", "seeds_missing", "n", "mean", "std"}``; std is the sample standard deviation
     (None with fewer than two seeds). A later attempt of the same seed replaces an earlier one.
     """
+    if isinstance(match, ExperimentConfig):
+        match = {k: v for k, v in match.as_dict().items() if k != "seed"}
+    match = json.loads(runtime.to_json(match))  # tuples as lists, as in the stored records
     by_seed: dict[int, dict] = {}
     for rec in runtime.recorded_runs(experiment, scale):
         cfg = (rec.get("config") or {}).get("config") or {}
-        if all(cfg.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in match.items()):
+        if all(cfg.get(k) == v for k, v in match.items()):
             seed = rec.get("seed", cfg.get("seed"))
             if seed in seeds:
                 by_seed[seed] = rec
