@@ -7,12 +7,13 @@ the bundled colour photos), ``sdf`` (analytic signed distance fields), a CelebA 
 image folder, or the paper's SDF file (``data_2d_sdf.npz`` or a folder holding it). ``--scale
 small`` is a CPU-sized run, ``--scale full`` the paper's configuration (GPU).
 
-The run folder (``--out``) holds one sub-folder per stage: ``dense``, ``magnitude/round_RR``,
+The run folder (``<runs root>/inr/<run id>``, see :mod:`pruninglab.experiments.base`) holds one
+sub-folder per stage: ``dense``, ``magnitude/round_RR``,
 ``random/round_RR``, ``narrow/wWWW`` with the shared loop's ``checkpoint.pt`` and ``metrics.csv``,
 and an ``eval.json`` (test PSNRs) for every evaluated model. A checkpoint is written at the end of
 every pruning round (and every ``checkpoint_every`` steps); ``--resume`` continues from them and
-reaches the same PSNRs as an uninterrupted run. The PSNR per method and weight count is stored with
-:func:`pruninglab.runtime.save_result` as experiment ``inr-<dataset>``.
+reaches the same PSNRs as an uninterrupted run. The PSNR per method and weight count is the run's
+result (``results/inr/<run id>/result.json`` at full scale).
 """
 from __future__ import annotations
 
@@ -331,7 +332,7 @@ def run(
                    psnr_per_signal=[round(float(v), 4) for v in psnrs])
         if fit.predictions is not None:
             runtime.atomic_torch_save(fit.predictions[: config.num_examples].cpu(), out / stage / "example.pt")
-        runtime.atomic_write_text(path, json.dumps(row, indent=1) + "\n")
+        runtime.atomic_write_text(path, runtime.to_json(row))
         for name in names:
             metrics["methods"][name].append(row)
         return row
