@@ -62,9 +62,9 @@ class CriteoConfig(SappConfig):
     train_fraction: float = option(0.72, "[R] first rows for training (72% = 33.0M of 45.8M)")
     val_rows: int | None = option(None, "cap on validation rows (default: all the rest)")
     acdc_keep_values: bool = option(True, "[P] ACDC masks (keeps values) on Criteo")
-    acdc_pairs: int = option(10, "[P] sparse-dense pairs between the 20%% dense start and the 20%% sparse end: "
-                                 "10 reads the paper's '10 sparse-dense phases' as ten pairs of 3%% each "
-                                 "(as for ImageNet); 5 is the other reading (ten phases, five pairs of 6%%)")
+    acdc_pairs: int = option(10, "[P] sparse-dense pairs between the 20% dense start and the 20% sparse end: "
+                                 "10 reads the paper's '10 sparse-dense phases' as ten pairs of 3% each "
+                                 "(as for ImageNet); 5 is the other reading (ten phases, five pairs of 6%)")
     on_error: str = option("raise", "malformed lines: raise | skip (and count)")
 
     @classmethod
