@@ -65,8 +65,13 @@ def test_two_seeds_are_two_runs(tmp_path):
     names = run_folders(tmp_path / "runs", "limit")
     assert len(names) == 2 and names[0].endswith("-s0") and names[1].endswith("-s1")
     assert names[0].split("-")[1] != names[1].split("-")[1]  # the seed is part of the hashed config
-    seeds = [json.loads((tmp_path / "runs" / "limit" / n / "result.json").read_text())["seed"] for n in names]
-    assert seeds == [0, 1]
+    results = [base.RunResult.from_record(json.loads((tmp_path / "runs" / "limit" / n / "result.json").read_text()))
+               for n in names]
+    assert [r.seed for r in results] == [0, 1] and all(r.completed and r.scale == "small" for r in results)
+    assert [r.run_id for r in results] == names
+    stored = runtime.load_result("limit", "small", run_id=names[1])
+    assert stored["metrics"] == json.loads(runtime.to_json(results[1].metrics))
+    assert stored["paths"]["run_dir"] == results[1].paths["run_dir"]
 
 
 def test_out_is_the_runs_root_and_overrides_the_environment(tmp_path):

@@ -239,7 +239,8 @@ class RunResult:
 
     Defined in book/intro.md. ``config`` is the identity record (experiment, scale, seed, resolved
     data, config fields); ``provenance`` says where and how it ran; ``paths`` names the run folder and
-    the files in it. Written as ``result.json`` (strict JSON: non-finite numbers are ``null``).
+    the files in it. Written as ``result.json`` in the run folder and in the results store, the same
+    record in both (strict JSON: non-finite numbers are ``null``).
     """
 
     experiment: str
@@ -248,8 +249,15 @@ class RunResult:
     config: dict
     metrics: dict
     completed: bool
+    scale: str = "small"
     provenance: dict = field(default_factory=dict)
     paths: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> "RunResult":
+        """The result of a stored ``result.json`` (see :func:`pruninglab.runtime.save_result`)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -383,7 +391,7 @@ def _choose_run_dir(spec: Experiment, args, base_id: str, root: Path, exact: Pat
             raise ValueError(f"--resume: no run {base_id} in {folder} to continue; expected an existing run "
                              "(start it without --resume)")
         return target
-    if args.new_attempt:
+    if args.new_attempt and _started(folder / base_id):
         n = 2
         while (folder / f"{base_id}-a{n}").exists() and _started(folder / f"{base_id}-a{n}"):
             n += 1
@@ -507,17 +515,17 @@ def main(spec: Experiment, argv: Sequence[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     dev = runtime.device(args.device)
     result = RunResult(experiment=spec.name, run_id=run_id, seed=config.seed, config=record, metrics=metrics,
-                       completed=True, provenance=runtime.provenance(dev, wall),
+                       completed=True, scale=sc,
                        paths={"run_dir": str(run_dir), "config": str(run_dir / runtime.CONFIG_NAME)})
-    stored = runtime.save_result(spec.name, metrics, record, scale_name=sc, dev=dev, wall_time_s=wall,
-                                 run_id=run_id, overwrite=args.overwrite_result,
-                                 extra={"seed": config.seed, "completed": True,
-                                        "paths": {"run_dir": str(run_dir)}})
+    save = dict(scale_name=sc, dev=dev, wall_time_s=wall, run_id=run_id,
+                extra={"seed": result.seed, "completed": True, "paths": result.paths})
+    stored = runtime.save_result(spec.name, metrics, record, overwrite=args.overwrite_result, **save)
     log = run_dir / "metrics.csv"
     if log.exists():
         shutil.copyfile(log, stored.parent / "metrics.csv")
     result.paths["stored"] = str(stored)
-    runtime.atomic_write_text(run_dir / runtime.RESULT_NAME, runtime.to_json(result))
+    # The run folder's copy: the same record (a run folder is written by its own run only).
+    runtime.save_result(spec.name, metrics, record, out_dir=run_dir, overwrite=True, **save)
     if spec.summarize is not None:
         print(f"{run_id} [{sc}]: {spec.summarize(metrics)}")
     print(f"result: {run_dir / runtime.RESULT_NAME} (stored as {stored})")
