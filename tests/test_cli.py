@@ -10,16 +10,7 @@ import pytest
 from pruninglab import __version__, cli
 from pruninglab.experiments import phase
 from pruninglab.train import PREEMPTED_EXIT_CODE, Preempted
-
-TINY_PHASE = ["phase", "--d", "16", "--num-m", "3", "--trials", "2", "--num-groups", "4", "--group-num-m", "3",
-              "--group-num-k", "2", "--group-trials", "2", "--mc-samples", "50", "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRUNINGLAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("PRUNINGLAB_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("PRUNINGLAB_DEVICE", "cpu")
+from test_experiments_skeleton import TINY_PHASE, _isolated  # noqa: F401  (the same isolation, autouse)
 
 
 def _cli(*args, tmp_path):

@@ -215,16 +215,19 @@ class TaskSetup:
 
 @dataclass(frozen=True)
 class SappTask:
-    """One of the paper's SA++ settings: its name, config class, schedule and set-up."""
+    """One of the paper's SA++ settings: its name, config class, schedule and set-up.
+
+    ``headline`` is the metric also recorded before finalizing; ``summary`` the format of the final
+    line, filled with the metrics."""
 
     name: str
     config_cls: type
     schedule: str
     resolve_data: Callable[[str | None], Path]
     setup: Callable[[Any, Path, torch.device, int], TaskSetup]
-    summarize: Callable[[dict], str]
-    description: str
     headline: str
+    summary: str
+    description: str
 
 
 def _identity(task: SappTask, config, data: Path, sc: str) -> dict:
@@ -333,5 +336,17 @@ def make_experiment(task: SappTask) -> base.Experiment:
         return info["completed"], info["metrics"]
 
     return base.Experiment(name=task.name, description=task.description, config_cls=task.config_cls,
-                           execute=execute, data="path", distributed=True, summarize=task.summarize,
+                           execute=execute, data="path", distributed=True,
+                           summarize=lambda metrics: task.summary.format(**metrics),
                            resolve_data=lambda data, config: task.resolve_data(data))
+
+
+def entry_points(task: SappTask):
+    """``(run, experiment, main)`` of a task: the notebook function, the CLI experiment, the subcommand."""
+    spec = make_experiment(task)
+
+    def main(argv: list[str] | None = None) -> int:
+        return base.main(spec, argv)
+
+    main.__doc__ = f"``python -m pruninglab {task.name} --data PATH --method M --block B --sparsity S``."
+    return make_run(task), spec, main

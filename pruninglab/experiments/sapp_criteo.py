@@ -182,22 +182,9 @@ def setup(config: CriteoConfig, path: Path, dev: torch.device, world: int) -> sa
         default_eval_every=lambda spe: spe, pruned_layers=PRUNED_LAYERS)
 
 
-def _summary(m: dict) -> str:
-    return (f"val log loss {m['val_logloss']:.4f}, AUC {m['val_auc']:.4f}, "
-            f"first-layer sparsity {m['layer_sparsity'].get('dense.0.weight', 0.0):.4f}")
-
-
 TASK = sapp.SappTask(
     name=EXPERIMENT, config_cls=CriteoConfig, schedule="criteo", resolve_data=resolve_data, setup=setup,
-    summarize=_summary, headline="val_logloss",
+    headline="val_logloss", summary="val log loss {val_logloss:.4f}, AUC {val_auc:.4f}, first-layer "
+                                    "sparsity {layer_sparsity[dense.0.weight]:.4f}",
     description="SA++ / ACDC / magnitude / PowerProp block pruning of the Criteo MLP (Yasuda et al. 2024, §4.2).")
-run = sapp.make_run(TASK)
-EXPERIMENT_SPEC = sapp.make_experiment(TASK)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pruninglab sapp-criteo --data FILE --method M --block B --sparsity S [--scale small|full]``.
-
-    Defined in book/sapp_criteo.md.
-    """
-    return base.main(EXPERIMENT_SPEC, argv)
+run, EXPERIMENT_SPEC, main = sapp.entry_points(TASK)

@@ -172,23 +172,10 @@ def setup(config: ImagenetConfig, root: Path, dev: torch.device, world: int) -> 
         log_every_cap=100, default_eval_every=lambda spe: max(1, 10 * spe))
 
 
-def _summary(m: dict) -> str:
-    return (f"val top-1 {m['val_top1']:.4f}, top-5 {m['val_top5']:.4f}, {m['pruned_layers']} layers pruned, "
-            f"effective sparsity {m['effective_sparsity']:.4f}")
-
-
 TASK = sapp.SappTask(
     name=EXPERIMENT, config_cls=ImagenetConfig, schedule="imagenet", resolve_data=resolve_data, setup=setup,
-    summarize=_summary, headline="val_top1",
+    headline="val_top1", summary="val top-1 {val_top1:.4f}, top-5 {val_top5:.4f}, {pruned_layers} layers "
+                                 "pruned, effective sparsity {effective_sparsity:.4f}",
     description="SA++ / ACDC / magnitude / PowerProp block pruning of ResNet-50 on an ImageNet folder "
                 "(Yasuda et al. 2024, §4.1).")
-run = sapp.make_run(TASK)
-EXPERIMENT_SPEC = sapp.make_experiment(TASK)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pruninglab sapp-imagenet --data DIR --method M --block B --sparsity S [--scale small|full]``.
-
-    Defined in book/sapp_imagenet.md.
-    """
-    return base.main(EXPERIMENT_SPEC, argv)
+run, EXPERIMENT_SPEC, main = sapp.entry_points(TASK)
