@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .. import _checks, runtime
+from .. import runtime
 
 __all__ = [
     "ExperimentConfig", "option", "RunContext", "RunResult", "Experiment", "main", "add_config_arguments",
