@@ -4,7 +4,7 @@ ResNets come from torchvision.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -185,3 +185,43 @@ def resnet50_cifar(num_classes: int = 100) -> nn.Module:
     Defined in book/limit_experiments.md.
     """
     return _cifar_resnet("resnet50", num_classes)
+
+
+# --------------------------------------------------------------------------- name -> builder
+
+
+def _torchvision_resnet(arch: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 1000) -> nn.Module:
+        import torchvision
+
+        return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+
+    build.__doc__ = f"torchvision's {arch} (ImageNet stem, random init) with ``num_classes`` outputs."
+    return build
+
+
+#: Every named model of the experiments: name -> builder (keyword arguments as the builder's).
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "fc_net": fc_net,
+    "fc5": fc5,
+    "fc12": fc12,
+    "alexnet_cifar": AlexNetCifar,
+    "vgg16_bn_cifar": vgg16_bn_cifar,
+    "resnet18_cifar": resnet18_cifar,
+    "resnet50_cifar": resnet50_cifar,
+    "resnet18": _torchvision_resnet("resnet18"),
+    "resnet34": _torchvision_resnet("resnet34"),
+    "resnet50": _torchvision_resnet("resnet50"),
+    "criteo_mlp": CriteoMLP,
+}
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """The model registered as ``name`` in :data:`MODELS`, built with ``kwargs``.
+
+    Defined in book/intro.md. ``build_model("resnet50", num_classes=1000)``,
+    ``build_model("fc_net", hidden=[32, 32], num_classes=10, in_features=64)``.
+    """
+    if name not in MODELS:
+        raise ValueError(f"model: expected one of {', '.join(MODELS)}, got {name!r}")
+    return MODELS[name](**kwargs)

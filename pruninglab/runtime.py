@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import random
@@ -143,14 +144,27 @@ def progress_enabled(progress: bool | None = None) -> bool:
 # --------------------------------------------------------------------------- atomic writes
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _normal_permissions(fd: int) -> None:
+    # mkstemp creates files 0600; a result or checkpoint gets the permissions of any file the user writes.
+    os.fchmod(fd, 0o666 & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename.
 
-    A crash mid-write leaves the previous file intact, never a half-written one.
+    A crash mid-write leaves the previous file intact, never a half-written one. The file gets the
+    user's normal permissions (``0666`` less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _normal_permissions(fd)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -174,6 +188,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _normal_permissions(fd)
     os.close(fd)
     try:
         torch.save(obj, tmp)
@@ -276,20 +291,106 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().tolist()
+        return _jsonable(obj.detach().cpu().tolist())
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        return _jsonable(obj.item())
     if isinstance(obj, Path):
         return str(obj)
-    if hasattr(obj, "__dataclass_fields__"):
+    if hasattr(obj, "__dataclass_fields__") and not isinstance(obj, type):
         import dataclasses
 
         return _jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return str(obj)  # JSON has no NaN/Inf; keep them readable
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # JSON has no NaN/Infinity: every non-finite number is written as null
     return obj
+
+
+def to_json(obj: Any) -> str:
+    """``obj`` as indented, strictly valid JSON: tensors and arrays become lists, paths strings, and
+    every non-finite number (NaN, +-Infinity) becomes ``null``. Anything else unserialisable is a TypeError."""
+    return json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two JSON-like records (``[]`` when equal)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}{key}"
+            if key not in old or key not in new:
+                out.append(name)
+            else:
+                out += changed_keys(old[key], new[key], name + ".")
+        return out
+    return [] if old == new else [prefix.rstrip(".") or "(value)"]
+
+
+def _is_bookkeeping(key: str) -> bool:
+    """Metrics that describe how a run went, not what it found: timings and where it resumed from."""
+    last = key.split(".")[-1]
+    return last.endswith("_s") or last.endswith("_per_s") or "time" in last or last == "resumed_from"
+
+
+# --------------------------------------------------------------------------- run identity
+
+
+RESULT_NAME = "result.json"
+CONFIG_NAME = "config.json"
+
+
+def runs_root(out: str | os.PathLike | None = None) -> Path:
+    """The folder that holds run folders: ``out`` if given, else ``$PRUNINGLAB_RUNS``, else ``./runs``.
+
+    Defined in book/intro.md. Always returned absolute, so that a run is named the same from any
+    working directory.
+    """
+    base = out if out is not None else (os.environ.get("PRUNINGLAB_RUNS") or "runs")
+    return Path(base).expanduser().resolve()
+
+
+def config_hash(record: Mapping[str, Any]) -> str:
+    """Eight hex digits of the SHA-256 of ``record`` as canonical JSON (sorted keys, null for non-finite)."""
+    import hashlib
+
+    text = json.dumps(_jsonable(record), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def run_id(experiment: str, record: Mapping[str, Any], seed: int, attempt: int = 1) -> str:
+    """The name of one run: ``<experiment>-<hash8 of the full resolved config>-s<seed>`` (``-aN`` for attempt N > 1).
+
+    Defined in book/intro.md. ``record`` is everything the run depends on (its config fields, seed,
+    scale and resolved data path); two runs with the same name are the same computation.
+    """
+    _check_experiment_name(experiment)
+    if not isinstance(attempt, int) or attempt < 1:
+        raise ValueError(f"attempt: expected an integer >= 1, got {attempt!r}")
+    name = f"{experiment}-{config_hash(record)}-s{seed}"
+    return name if attempt == 1 else f"{name}-a{attempt}"
+
+
+def check_writable(folder: str | os.PathLike, what: str) -> Path:
+    """Create ``folder`` if needed and check that a file can be written there; PermissionError/OSError naming ``what``.
+
+    Called before any training, so that an unwritable output folder is found in a second, not after days.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        refused = type(err)(f"{what}: cannot write to {folder} ({reason}); expected a writable folder")
+        refused.errno = err.errno
+        raise refused from err
+    return folder
+
+
+# --------------------------------------------------------------------------- results store
 
 
 def save_result(
@@ -301,43 +402,89 @@ def save_result(
     dev: torch.device | str | None = None,
     wall_time_s: float | None = None,
     out_dir: str | os.PathLike | None = None,
+    run_id: str | None = None,
+    overwrite: bool = False,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Store the metrics of a run with its config and provenance; return the JSON path.
 
     Defined in book/intro.md.
 
-    The file is ``<results_dir>/result.json`` (see :func:`results_dir`; ``out_dir`` overrides
-    the folder). It is written atomically, so an interrupted save never corrupts an earlier result.
+    The file is ``<results_dir>/<run_id>/result.json`` for a run with an identity (see :func:`run_id`),
+    else ``<results_dir>/result.json`` (``out_dir`` overrides the folder). It is written atomically,
+    as strict JSON (non-finite numbers as ``null``), with the user's normal file permissions.
+
+    A stored result is never replaced silently: when the file exists, a result of another config is
+    refused (ValueError naming the differing fields), and so is a different result of the same config;
+    the same result again (equal up to timings and the resume step) is rewritten. ``overwrite=True`` replaces it anyway.
     """
     if not isinstance(metrics, Mapping):
         raise ValueError(f"metrics: expected a mapping of metric name to value, got {type(metrics).__name__}")
     sc = scale(scale_name)
     folder = Path(out_dir) if out_dir is not None else results_dir(experiment, sc)
-    record = {
-        "experiment": experiment,
-        "scale": sc,
-        "metrics": _jsonable(metrics),
-        "config": _jsonable(config),
-        "provenance": provenance(dev, wall_time_s),
-    }
-    return atomic_write_text(folder / "result.json", json.dumps(record, indent=2, sort_keys=False) + "\n")
+    if run_id is not None and out_dir is None:
+        _check_experiment_name(run_id)
+        folder = folder / run_id
+    record = {"experiment": experiment, "scale": sc}
+    if run_id is not None:
+        record["run_id"] = run_id
+    record.update(extra or {})
+    record.update({"metrics": metrics, "config": config, "provenance": provenance(dev, wall_time_s)})
+    text = to_json(record)
+    path = folder / RESULT_NAME
+    if path.exists() and not overwrite:
+        _refuse_replacement(path, json.loads(text))
+    return atomic_write_text(path, text)
 
 
-def load_result(
-    experiment: str, scale_name: str | None = None, *, out_dir: str | os.PathLike | None = None
-) -> dict | None:
-    """The stored record of ``experiment`` at a scale (``metrics``, ``config``, ``provenance``), or None.
+def _refuse_replacement(path: Path, new: dict) -> None:
+    old = _read_record(path)
+    differ = changed_keys(old.get("config"), new.get("config"))
+    if differ:
+        raise ValueError(
+            f"result: {path} holds the result of another config (differs in: {', '.join(differ[:6])}); "
+            "expected a free place: give the run its own identity, or replace it explicitly "
+            "(overwrite=True, --overwrite-result)")
+    differ = [k for k in changed_keys(old.get("metrics"), new.get("metrics")) if not _is_bookkeeping(k)]
+    if differ:
+        raise ValueError(
+            f"result: {path} already holds a different result of this config (metrics differ in: "
+            f"{', '.join(differ[:6])}); expected the same result again: replace it explicitly "
+            "(overwrite=True, --overwrite-result) or start a new attempt (--new-attempt)")
 
-    Defined in book/intro.md.
-    """
-    folder = Path(out_dir) if out_dir is not None else results_dir(experiment, scale_name)
-    path = folder / "result.json"
-    if not path.exists():
-        return None
+
+def _read_record(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"results file {path} is not valid JSON ({err}); delete it or rerun the experiment") from err
+        raise ValueError(f"results file {path}: not valid JSON ({err}); delete it or rerun the experiment") from err
+
+
+def load_result(
+    experiment: str, scale_name: str | None = None, *, out_dir: str | os.PathLike | None = None,
+    run_id: str | None = None,
+) -> dict | None:
+    """The stored record of ``experiment`` at a scale (``metrics``, ``config``, ``provenance``), or None.
+
+    Defined in book/intro.md. ``run_id`` picks one run of the experiment (see :func:`save_result`).
+    """
+    folder = Path(out_dir) if out_dir is not None else results_dir(experiment, scale_name)
+    if run_id is not None and out_dir is None:
+        _check_experiment_name(run_id)
+        folder = folder / run_id
+    path = folder / RESULT_NAME
+    if not path.exists():
+        return None
+    return _read_record(path)
+
+
+def recorded_runs(experiment: str, scale_name: str | None = None) -> list[dict]:
+    """Every stored record of runs of ``experiment`` with an identity (``<results_dir>/<run_id>/result.json``),
+    sorted by run id."""
+    folder = results_dir(experiment, scale_name)
+    if not folder.is_dir():
+        return []
+    return [_read_record(p) for p in sorted(folder.glob(f"*/{RESULT_NAME}"))]
 
 
 class Stopwatch:

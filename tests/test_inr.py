@@ -315,15 +315,17 @@ def test_cli_writes_psnr_per_method(tmp_path, monkeypatch):
     tiny = _tiny_config()
     monkeypatch.setattr(inr.INRConfig, "small",
                         classmethod(lambda cls, data="faces", **kw: dataclasses.replace(tiny, data=data, **kw)))
-    rc = inr.main(["--data", "faces", "--scale", "small", "--out", str(tmp_path / "run"), "--no-progress",
+    rc = inr.main(["--data", "faces", "--scale", "small", "--out", str(tmp_path / "runs"), "--no-progress",
                    "--device", "cpu"])
     assert rc == 0
-    rec = json.loads((tmp_path / "cache" / "results" / "inr-faces" / "result.json").read_text())
-    assert rec["scale"] == "small" and rec["config"]["width"] == 8
+    (run_dir,) = (tmp_path / "runs" / "inr").iterdir()
+    assert run_dir.name.startswith("inr-") and run_dir.name.endswith("-s0")
+    rec = json.loads((tmp_path / "cache" / "results" / "inr" / run_dir.name / "result.json").read_text())
+    assert rec["scale"] == "small" and rec["config"]["config"]["width"] == 8
     methods = rec["metrics"]["methods"]
     assert set(methods) == {"meta-sparse", "random", "dense-narrow", "oneshot", "imp", "scratch"}
     assert all(isinstance(r["psnr"], float) and r["weights"] > 0 for rows in methods.values() for r in rows)
-    assert (tmp_path / "run" / "result.json").exists()
-    assert (tmp_path / "run" / "magnitude" / "round_02" / "checkpoint.pt").exists()
+    assert (run_dir / "result.json").exists() and (run_dir / "config.json").exists()
+    assert (run_dir / "magnitude" / "round_02" / "checkpoint.pt").exists()
     with pytest.raises(FileNotFoundError, match="neither"):
-        inr.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run2")])
+        inr.main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "runs2")])

@@ -71,7 +71,7 @@ def test_criteo_kill_and_resume_is_identical(criteo_file, tmp_path, method):
     assert int((w == 0).sum()) == int((~ref["masks"]["dense.0.weight"]).sum())  # pruned blocks are exact zeros
     stored = json.loads(ref["result_path"].read_text())
     assert stored["metrics"]["val_logloss"] == pytest.approx(m["val_logloss"])
-    assert stored["config"]["method"] == method and stored["scale"] == "small"
+    assert stored["config"]["config"]["method"] == method and stored["scale"] == "small"
 
 
 def test_imagenet_kill_and_resume_is_identical(tmp_path):
@@ -117,7 +117,8 @@ def test_torchrun_two_processes_match_one(criteo_file, tmp_path):
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    two = json.loads((tmp_path / "c2" / "results" / "sapp-criteo_sapp_b10_s90" / "result.json").read_text())
+    (two_dir,) = (tmp_path / "two" / "sapp-criteo").iterdir()  # one run folder, written by rank 0
+    two = json.loads((tmp_path / "c2" / "results" / "sapp-criteo" / two_dir.name / "result.json").read_text())
     assert two["metrics"]["world_size"] == 2
     one = sapp_criteo.run(criteo_config(steps=24, checkpoint_every=100, eval_batch_size=256), str(criteo_file),
                           out=str(tmp_path / "one"))
@@ -126,13 +127,13 @@ def test_torchrun_two_processes_match_one(criteo_file, tmp_path):
         assert two["metrics"][key] == pytest.approx(one["metrics"][key], abs=2e-3), key
     assert two["metrics"]["layer_sparsity"] == one["metrics"]["layer_sparsity"]
     # Each rank read its own half of every global batch: the logged (all-reduced) training loss agrees.
-    rows_two = list(csv.DictReader(open(tmp_path / "two" / "metrics.csv")))
+    rows_two = list(csv.DictReader(open(two_dir / "metrics.csv")))
     rows_one = list(csv.DictReader(open(tmp_path / "one" / "metrics.csv")))
     assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one]
     for a, b in zip(rows_two, rows_one):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-4)
     # The weights differ only by float reduction order (Adam magnifies it on rarely seen embedding rows).
-    w_two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["model"]
+    w_two = torch.load(two_dir / "checkpoint.pt", weights_only=True)["model"]
     w_one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["model"]
     for k in w_one:
         assert torch.allclose(w_two[k].float(), w_one[k].float(), atol=1e-3), k
@@ -145,16 +146,18 @@ def test_cli_end_to_end_and_bad_input(tmp_path, capsys):
                    "--min-blocks", "50", "--steps", "12", "--batch-size", "64", "--no-progress"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "sapp-criteo_magnitude_b20_s95 (small): val log loss" in out
-    stored = json.loads((tmp_path / "cache" / "results" / "sapp-criteo_magnitude_b20_s95" / "result.json").read_text())
-    assert stored["config"]["block"] == 20 and stored["config"]["min_blocks"] == 50
+    assert "[small]: val log loss" in out
+    (stored_path,) = (tmp_path / "cache" / "results" / "sapp-criteo").glob("*/result.json")
+    stored = json.loads(stored_path.read_text())
+    assert stored["config"]["config"]["block"] == 20 and stored["config"]["config"]["min_blocks"] == 50
+    assert stored["config"]["data"] == str(data.resolve())
     assert stored["metrics"]["layer_sparsity"]["dense.0.weight"] == pytest.approx(0.95, abs=0.01)
-    assert (tmp_path / "cache" / "results" / "sapp-criteo_magnitude_b20_s95" / "metrics.csv").exists()
+    assert (stored_path.parent / "metrics.csv").exists()
     # Bad input: one clear line and exit status 2.
     assert cli.main(["sapp-criteo", "--data", str(tmp_path / "missing.txt")]) == 2
     assert "no Criteo TSV file" in capsys.readouterr().err
     assert cli.main(["sapp-criteo", "--data", str(data), "--method", "lasso"]) == 2
-    assert "method: expected one of dense, sapp" in capsys.readouterr().err
+    assert "method: expected one of 'dense', 'sapp'" in capsys.readouterr().err
     assert cli.main(["sapp-imagenet", "--data", str(tmp_path)]) == 2
     assert "expected layout" in capsys.readouterr().err
     assert cli.main(["sapp-criteo", "--data", str(data), "--batch-size", "100", "--accumulate", "3"]) == 2

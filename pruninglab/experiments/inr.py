@@ -7,16 +7,16 @@ the bundled colour photos), ``sdf`` (analytic signed distance fields), a CelebA 
 image folder, or the paper's SDF file (``data_2d_sdf.npz`` or a folder holding it). ``--scale
 small`` is a CPU-sized run, ``--scale full`` the paper's configuration (GPU).
 
-The run folder (``--out``) holds one sub-folder per stage: ``dense``, ``magnitude/round_RR``,
+The run folder (``<runs root>/inr/<run id>``, see :mod:`pruninglab.experiments.base`) holds one
+sub-folder per stage: ``dense``, ``magnitude/round_RR``,
 ``random/round_RR``, ``narrow/wWWW`` with the shared loop's ``checkpoint.pt`` and ``metrics.csv``,
 and an ``eval.json`` (test PSNRs) for every evaluated model. A checkpoint is written at the end of
 every pruning round (and every ``checkpoint_every`` steps); ``--resume`` continues from them and
-reaches the same PSNRs as an uninterrupted run. The PSNR per method and weight count is stored with
-:func:`pruninglab.runtime.save_result` as experiment ``inr-<dataset>``.
+reaches the same PSNRs as an uninterrupted run. The PSNR per method and weight count is the run's
+result (``results/inr/<run id>/result.json`` at full scale).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .. import runtime
+from .. import _checks, runtime
 from ..data.images import SignalSplit, image_folder_split, lfw_faces, photo_crops
 from ..data.sdf import SDF_FILE, load_sdf_npz, sdf_split
 from ..inr.meta import MetaObjective
@@ -34,6 +34,8 @@ from ..inr.metasparse import fit_signals, imp_schedule, meta_train, oneshot_sche
 from ..inr.siren import PAPER_NARROW_WIDTHS, narrow_width, pruned_counts, siren, siren_weight_count, coordinate_grid
 from ..masks import ones_masks
 from ..train import load_checkpoint
+from . import base
+from .base import ExperimentConfig, option
 
 __all__ = ["INRConfig", "INRRun", "RunInterrupted", "load_signals", "run", "main", "METHODS"]
 
@@ -49,8 +51,12 @@ METHOD_LABELS = {
 }
 
 
+#: Test-time fitting of the meta-learned initialisations (see :class:`INRConfig`).
+EVAL_MODES = ("adapt", "sgd2")
+
+
 @dataclass(frozen=True)
-class INRConfig:
+class INRConfig(ExperimentConfig):
     """Every setting of a Meta-SparseINR run; :meth:`small` and :meth:`full` are the two presets.
 
     Defined in book/meta_sparse_inr.md. ``narrow_rounds`` are the round counts ``k`` at which the
@@ -59,32 +65,64 @@ class INRConfig:
     and MAML+IMP are evaluated (None: every round).
     """
 
-    data: str = "faces"
-    resolution: int | None = None
-    width: int = 64
-    depth: int = 4
-    omega0: float = 30.0
-    inner_steps: int = 2
-    inner_lr: float = 1e-2
-    first_order: bool = False
-    outer_lr: float = 1e-4
-    meta_batch: int = 3
-    dense_steps: int = 200
-    rounds: int = 4
-    round_steps: int = 60
-    prune_rate: float = 0.2
-    narrow_rounds: tuple[int, ...] = (2, 4)
-    narrow_widths: tuple[int, ...] | None = None
-    narrow_steps: int = 200
-    baseline_rounds: tuple[int, ...] | None = (2, 4)
-    test_steps: int = 100
-    test_lr: float = 1e-4
-    num_test: int = 4
-    fit_chunk: int | None = None
-    num_examples: int = 2
-    checkpoint_every: int | None = 50
-    seed: int = 0
-    methods: tuple[str, ...] = METHODS
+    data: str = option("faces", "faces, photos, sdf, an image folder (CelebA, Imagenette) or the SDF file")
+    resolution: int | None = option(None, "[P] pixels per side (178 in the paper; faces: 25, not resized)")
+    width: int = option(64, "[P] SIREN hidden width (256)")
+    depth: int = option(4, "[P] SIREN hidden layers (4)")
+    omega0: float = option(30.0, "[P] SIREN frequency omega_0 (200 at 178 pixels)")
+    inner_steps: int = option(2, "[P] MAML inner steps (2)")
+    inner_lr: float = option(1e-2, "[P] MAML inner learning rate (1e-2)")
+    first_order: bool = option(False, "first-order MAML (less memory; a deviation)")
+    outer_lr: float = option(1e-4, "[P] outer Adam learning rate (1e-5)")
+    meta_batch: int = option(3, "[P] signals per meta-step (3)")
+    dense_steps: int = option(200, "[P] dense meta-learning steps (150,000)")
+    rounds: int = option(4, "[P] pruning rounds (20)")
+    round_steps: int = option(60, "[P] meta-steps per round (30,000)")
+    prune_rate: float = option(0.2, "[P] share of the remaining weights pruned per round (0.2)")
+    fresh_optimizer_each_round: bool = option(True, "[P] a fresh Adam at the start of every pruning round (the "
+                                                    "official code); --no-fresh-optimizer-each-round carries "
+                                                    "the Adam state across rounds")
+    narrow_rounds: tuple[int, ...] = option((2, 4), "round counts k whose weight count sets a Dense-Narrow width")
+    narrow_widths: tuple[int, ...] | None = option(None, "[P] Dense-Narrow widths (the official code's 20)")
+    narrow_steps: int = option(200, "[P] meta-steps of each Dense-Narrow model (150,000)")
+    baseline_rounds: tuple[int, ...] | None = option((2, 4), "rounds at which MAML+OneShot / IMP are evaluated "
+                                                             "(none: every round)")
+    eval_mode: str = option("adapt", "[P] test-time fitting: adapt (test_steps Adam steps at test_lr per signal) "
+                                     "or sgd2 (the MAML inner loop: inner_steps SGD steps at inner_lr, the "
+                                     "official code's second evaluation)")
+    test_steps: int = option(100, "[P] test-time Adam steps (100)")
+    test_lr: float = option(1e-4, "[P] test-time Adam learning rate (1e-4)")
+    num_test: int = option(4, "[P] test signals (100; 250 for SDF)")
+    fit_chunk: int | None = option(None, "signals fitted at once (memory only)")
+    num_examples: int = option(2, "reconstructions kept for the figures")
+    checkpoint_every: int | None = option(50, "checkpoint every N meta-steps (and at every stage's end)")
+    seed: int = option(0, "random seed")
+    methods: tuple[str, ...] = option(METHODS, "methods to run: " + ", ".join(METHODS))
+
+    def __post_init__(self):
+        ints = dict(width=1, depth=1, inner_steps=0, meta_batch=1, dense_steps=0, rounds=0, round_steps=0,
+                    narrow_steps=0, test_steps=1, num_test=1, num_examples=0, seed=0)
+        for name, low in ints.items():
+            (_checks.positive_int if low else _checks.nonnegative_int)(getattr(self, name), name)
+        _checks.positive_int(self.resolution, "resolution", allow_none=True)
+        _checks.positive_int(self.fit_chunk, "fit_chunk", allow_none=True)
+        _checks.positive_int(self.checkpoint_every, "checkpoint_every", allow_none=True)
+        for name in ("omega0", "outer_lr", "test_lr", "inner_lr"):
+            _checks.positive_float(getattr(self, name), name)
+        _checks.fraction(self.prune_rate, "prune_rate")
+        _checks.one_of(self.eval_mode, "eval_mode", EVAL_MODES)
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"methods: expected some of {', '.join(METHODS)}, got unknown {unknown}")
+        for name in ("narrow_rounds", "baseline_rounds"):
+            val = getattr(self, name)
+            if val is not None and any(not 1 <= int(k) <= self.rounds for k in val):
+                raise ValueError(f"{name}: expected round counts in 1..rounds={self.rounds}, got {val!r}")
+        if self.narrow_widths is not None and len(self.narrow_widths) != len(self.narrow_rounds):
+            raise ValueError(f"narrow_widths: expected one width per narrow_rounds entry "
+                             f"({len(self.narrow_rounds)}), got {len(self.narrow_widths)}")
+        if self.num_examples > self.num_test:
+            raise ValueError(f"num_examples: expected at most num_test={self.num_test}, got {self.num_examples}")
 
     @classmethod
     def small(cls, data: str = "faces", **overrides) -> "INRConfig":
@@ -109,34 +147,6 @@ class INRConfig:
             num_examples=2, checkpoint_every=1000, seed=0,
         )
         return dataclasses.replace(base, **overrides)
-
-    def validate(self) -> "INRConfig":
-        ints = dict(width=1, depth=1, inner_steps=0, meta_batch=1, dense_steps=0, rounds=0, round_steps=0,
-                    narrow_steps=0, test_steps=1, num_test=1, num_examples=0, seed=0)
-        for name, low in ints.items():
-            val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, int) or val < low:
-                raise ValueError(f"{name}: expected an integer >= {low}, got {val!r}")
-        for name in ("omega0", "outer_lr", "test_lr"):
-            val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, (int, float)) or not val > 0:
-                raise ValueError(f"{name}: expected a positive number, got {val!r}")
-        if not 0 <= self.prune_rate < 1:
-            raise ValueError(f"prune_rate: expected a number in [0, 1), got {self.prune_rate!r}")
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise ValueError(f"methods: unknown {unknown}; expected some of {', '.join(METHODS)}")
-        for name in ("narrow_rounds", "baseline_rounds"):
-            val = getattr(self, name)
-            if val is not None and any(not 1 <= int(k) <= self.rounds for k in val):
-                raise ValueError(f"{name}: round counts must lie in 1..rounds={self.rounds}, got {val!r}")
-        if self.narrow_widths is not None and len(self.narrow_widths) != len(self.narrow_rounds):
-            raise ValueError(
-                f"narrow_widths: gives {len(self.narrow_widths)} widths for {len(self.narrow_rounds)} narrow_rounds"
-            )
-        if self.num_examples > self.num_test:
-            raise ValueError(f"num_examples: {self.num_examples} exceeds num_test={self.num_test}")
-        return self
 
 
 @dataclass
@@ -212,8 +222,10 @@ def load_signals(config: INRConfig) -> SignalSplit:
 # --------------------------------------------------------------------------- the run
 
 
-def _default_out(experiment: str, scale_name: str) -> Path:
-    return (runtime.PROJECT_ROOT or Path.cwd()) / "runs" / f"{experiment}-{scale_name}"
+def _default_out(config: INRConfig, scale_name: str) -> Path:
+    """The run folder by the one rule: ``<runs root>/inr/<run id>``."""
+    rid = runtime.run_id("inr", base.identity_record("inr", scale_name, config, None), config.seed)
+    return runtime.runs_root() / "inr" / rid
 
 
 def _read_json(path: Path) -> Any:
@@ -235,16 +247,18 @@ def run(
     Defined in book/meta_sparse_inr.md. ``stop_after`` stops (raising :class:`RunInterrupted`)
     after that many meta-steps in total, as a killed job would; ``resume=True`` then continues.
     """
-    config = config.validate()
+    if not isinstance(config, INRConfig):
+        raise ValueError(f"config: expected an INRConfig, got {type(config).__name__}")
+    fit_options = _fit_options(config)
     t0 = time.perf_counter()
     dev = runtime.device(device) if not isinstance(device, torch.device) else device
     split = load_signals(config)
     h, w, c = split.height, split.width, split.channels
     sc = runtime.scale(scale_name)
-    out = Path(out_dir) if out_dir is not None else _default_out(f"inr-{split.name}", sc)
+    out = Path(out_dir) if out_dir is not None else _default_out(config, sc)
     out.mkdir(parents=True, exist_ok=True)
     cfg_json = json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
-    cfg_path = out / "config.json"
+    cfg_path = out / "inr_config.json"  # (config.json is the command line's run identity)
     if resume and cfg_path.exists():
         old = json.loads(cfg_path.read_text())
         new = json.loads(cfg_json)
@@ -280,7 +294,10 @@ def run(
             if prev is not None:
                 state = load_checkpoint(out / prev / "checkpoint.pt", map_location=dev)
                 obj.load_state_dict(state["model"])
-                opt.load_state_dict(state["optimizer"])  # Adam state carries across rounds
+                if config.fresh_optimizer_each_round:
+                    opt.state.clear()  # a fresh Adam per round, as in the official code
+                else:
+                    opt.load_state_dict(state["optimizer"])  # Adam state carries across rounds
             if prepare is not None:
                 prepare()
         stage_cfg = {"stage": stage, "run": cfg_json}
@@ -305,7 +322,7 @@ def run(
             return stored
         fit = fit_signals(model, params, coords, test, masks, steps=config.test_steps, lr=config.test_lr,
                           prune_at=prune_at, batched_params=batched, chunk=config.fit_chunk,
-                          keep_predictions=config.num_examples > 0)
+                          keep_predictions=config.num_examples > 0, **fit_options)
         psnrs = fit.psnr
         kept = sorted(set(fit.kept))
         if len(kept) != 1:
@@ -315,7 +332,7 @@ def run(
                    psnr_per_signal=[round(float(v), 4) for v in psnrs])
         if fit.predictions is not None:
             runtime.atomic_torch_save(fit.predictions[: config.num_examples].cpu(), out / stage / "example.pt")
-        runtime.atomic_write_text(path, json.dumps(row, indent=1) + "\n")
+        runtime.atomic_write_text(path, runtime.to_json(row))
         for name in names:
             metrics["methods"][name].append(row)
         return row
@@ -395,38 +412,40 @@ def run(
 # --------------------------------------------------------------------------- command line
 
 
+def _fit_options(config: INRConfig) -> dict:
+    """Keyword options of :func:`~pruninglab.inr.metasparse.fit_signals` that the config selects."""
+    import inspect
+
+    if "eval_mode" in inspect.signature(fit_signals).parameters:
+        return {"eval_mode": config.eval_mode}
+    if config.eval_mode != "adapt":
+        raise ValueError(f"eval_mode: {config.eval_mode!r} is not available in this installation's "
+                         "pruninglab.inr.metasparse.fit_signals; expected 'adapt'")
+    return {}
+
+
+def execute(config: INRConfig, ctx: base.RunContext) -> tuple[bool, dict]:
+    """The command line's run: :func:`run` in the run folder of ``ctx``."""
+    try:
+        result = run(config, out_dir=ctx.out_dir, resume=ctx.resume, stop_after=ctx.stop_after,
+                     progress=ctx.progress, device=ctx.device, scale_name=ctx.scale)
+    except RunInterrupted:
+        return False, {}
+    return True, result.metrics
+
+
+EXPERIMENT_SPEC = base.Experiment(
+    name="inr", config_cls=INRConfig, execute=execute, data="field",
+    summarize=lambda metrics: "\n" + format_table(metrics),
+    description="Meta-SparseINR and its baselines on images or SDFs (Lee et al. 2021).")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m pruninglab inr --data DIR|faces|photos|sdf --scale small|full [--resume]``.
 
     Defined in book/meta_sparse_inr.md.
     """
-    from ..cli import add_common_arguments
-
-    parser = argparse.ArgumentParser(prog="python -m pruninglab inr", description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser)
-    parser.add_argument("--first-order", action="store_true", help="first-order MAML (less memory; a deviation)")
-    parser.add_argument("--num-test", type=int, default=None, help="number of test signals (default: the preset's)")
-    args = parser.parse_args(argv)
-    import os
-
-    sc = runtime.scale(args.scale)
-    data = args.data or os.environ.get("PRUNINGLAB_DATA") or "faces"
-    overrides: dict = {"seed": args.seed}
-    if args.first_order:
-        overrides["first_order"] = True
-    if args.num_test is not None:
-        overrides["num_test"] = args.num_test
-    config = (INRConfig.small if sc == "small" else INRConfig.full)(data, **overrides)
-    runtime.seed_everything(args.seed)
-    result = run(config, out_dir=args.out, resume=args.resume, progress=False if args.no_progress else None,
-                 device=args.device, scale_name=sc)
-    dev = runtime.device(args.device)
-    for folder in (None, result.out_dir):
-        path = runtime.save_result(result.experiment, result.metrics, config, scale_name=sc, dev=dev,
-                                   wall_time_s=result.wall_time_s, out_dir=folder)
-    print(format_table(result.metrics))
-    print(f"saved {path} and {runtime.results_dir(result.experiment, sc) / 'result.json'}")
-    return 0
+    return base.main(EXPERIMENT_SPEC, argv)
 
 
 def format_table(metrics: dict) -> str:

@@ -14,10 +14,9 @@ Notebooks call :func:`run` with :meth:`LimitConfig.small` / :meth:`LimitConfig.f
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .. import runtime
+from .. import _checks, models, runtime
 from ..data.cifar import TensorBatches, cifar_split
 from ..limits.pruning_limit import (
     MagnitudeRadius,
@@ -38,8 +37,15 @@ from ..limits.pruning_limit import (
     width_curve,
     width_spectrum,
 )
+from . import base
+from .base import ExperimentConfig, option
 
 PAPER_MODELS = ("fc5", "fc12", "alexnet", "vgg16", "resnet18", "resnet50")
+#: The registry name (:data:`pruninglab.models.MODELS`) of each of the paper's CIFAR models.
+REGISTRY_NAME = {"fc5": "fc5", "fc12": "fc12", "alexnet": "alexnet_cifar", "vgg16": "vgg16_bn_cifar",
+                 "resnet18": "resnet18_cifar", "resnet50": "resnet50_cifar"}
+#: How the actual limit is measured (see :class:`LimitConfig`).
+LIMIT_RULES = ("strict", "at_least_bisect")
 DATASETS = ("digits", "cifar10", "cifar100")
 #: The dataset each of the paper's models is trained on in the paper.
 PAPER_DATASET = {"fc5": "cifar10", "fc12": "cifar10", "alexnet": "cifar10", "vgg16": "cifar10",
@@ -66,7 +72,7 @@ PAPER_SETTINGS: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
-class LimitConfig:
+class LimitConfig(ExperimentConfig):
     """Everything one limit run depends on. Defined in book/limit_experiments.md.
 
     ``model``: one of :data:`PAPER_MODELS` or ``"mlp-H1-H2-..."`` (hidden widths of a ReLU MLP on the
@@ -79,62 +85,69 @@ class LimitConfig:
     ``report_tolerances`` adds the actual limit at those accuracy drops to the metrics.
     """
 
-    model: str = "mlp-32-32"
-    dataset: str = "digits"
-    l1: float = 1e-4
-    lr: float = 0.05
-    momentum: float = 0.9
-    epochs: int = 300
-    batch_size: int = 64
-    warmup_epochs: int = 0
-    schedule: str = "none"  # none | multistep | cosine (stepped per iteration, as in the paper's code)
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.5
-    augment: bool = False
-    train_samples: int | None = None  # None: the whole training split
-    test_samples: int | None = None
-    spectrum: str = "slq"
-    lanczos_steps: int = 128
-    slq_probes: int = 1
-    hessian_samples: int | None = None  # None: the whole (non-augmented) training split
-    hessian_batch_size: int = 2000
-    zero_mass_rows: int = 0
-    compare_exact: bool = False  # with spectrum="slq": also predict from the exact Hessian (small models only)
-    epsilon_batch_size: int = 64
-    grid: int = 20
-    resolution: float = 1e-3
-    rule: str = ">="
-    tolerance: float = 0.0
-    report_tolerances: tuple[float, ...] = (0.01,)  # also measure the actual limit at these accuracy drops
-    eval_every_epochs: int = 10
-    checkpoint_every_epochs: int = 5
-    seed: int = 0
+    model: str = option("mlp-32-32", "fc5, fc12, alexnet, vgg16, resnet18, resnet50 (the paper's) or mlp-H1-H2-...")
+    dataset: str = option("digits", "digits (bundled), cifar10 or cifar100 (a folder given by --data); "
+                                    "default: the model's dataset in the paper")
+    l1: float = option(1e-4, "[P] l1 strength (per task in the full preset)")
+    lr: float = option(0.05, "[P] learning rate (per task in the full preset)")
+    momentum: float = option(0.9, "[R] SGD momentum")
+    epochs: int = option(300, "[P] epochs (200 in the full preset)")
+    batch_size: int = option(64, "[P] batch size (128 in the full preset)")
+    warmup_epochs: int = option(0, "[P] linear warm-up epochs (per task)")
+    schedule: str = option("none", "[P] learning-rate schedule: none | multistep | cosine (per task)")
+    schedule_unit: str = option("epoch", "epoch: warm-up, milestones and cosine length count epochs (converted "
+                                         "to iterations; the intended schedule); iteration: the same numbers "
+                                         "count iterations, as the paper's code steps its epoch-based "
+                                         "schedulers every iteration")
+    milestones: tuple[int, ...] = option((), "[P] multistep milestones")
+    gamma: float = option(0.5, "[P] multistep factor")
+    augment: bool = option(False, "[P] random crop + flip (CIFAR)")
+    train_samples: int | None = option(None, "training images (default: the whole training split)")
+    test_samples: int | None = option(None, "test images (default: the whole test split)")
+    spectrum: str = option("slq", "exact (dense Hessian, small models) or slq (stochastic Lanczos quadrature)")
+    lanczos_steps: int = option(128, "[P] Lanczos steps (96 for AlexNet)")
+    slq_probes: int = option(1, "[P] SLQ probe vectors")
+    hessian_samples: int | None = option(None, "[P] Hessian images (default: the whole non-augmented split)")
+    hessian_batch_size: int = option(2000, "[R] images per double-backward chunk (memory only)")
+    zero_mass_rows: int = option(0, "[P] Hessian rows sampled for the zero-eigenvalue share (conv nets: 100)")
+    compare_exact: bool = option(False, "with slq: also predict from the exact Hessian (small models only)")
+    epsilon_batch_size: int = option(64, "[P] batch size of the loss-noise epsilon (the training batch)")
+    limit_rule: str = option("at_least_bisect",
+                             "actual limit: strict (largest p on the grid with accuracy strictly above dense "
+                             "- tolerance, the paper's code) or at_least_bisect (>= dense - tolerance, coarse "
+                             "grid + bisection)")
+    limit_grid_step: float = option(1e-3, "[P] strict rule: grid step of p (0.001 in the paper's code)")
+    grid: int = option(20, "at_least_bisect: coarse grid points before bisection")
+    resolution: float = option(1e-3, "at_least_bisect: bisection stops at this bracket width")
+    tolerance: float = option(0.0, "[P] allowed accuracy drop (0)")
+    report_tolerances: tuple[float, ...] = option((0.01,), "also measure the actual limit at these drops")
+    eval_every_epochs: int = option(10, "evaluate every N epochs")
+    checkpoint_every_epochs: int = option(5, "checkpoint every N epochs")
+    seed: int = option(0, "random seed")
 
     def __post_init__(self):
         _model_kind(self.model)
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset: expected one of {', '.join(DATASETS)}, got {self.dataset!r}")
-        if self.spectrum not in ("exact", "slq"):
-            raise ValueError(f"spectrum: expected 'exact' or 'slq', got {self.spectrum!r}")
-        if self.schedule not in ("none", "multistep", "cosine"):
-            raise ValueError(f"schedule: expected 'none', 'multistep' or 'cosine', got {self.schedule!r}")
+        _checks.one_of(self.dataset, "dataset", DATASETS)
+        _checks.one_of(self.spectrum, "spectrum", ("exact", "slq"))
+        _checks.one_of(self.schedule, "schedule", ("none", "multistep", "cosine"))
+        _checks.one_of(self.schedule_unit, "schedule_unit", ("epoch", "iteration"))
+        _checks.one_of(self.limit_rule, "limit_rule", LIMIT_RULES)
         for name in ("epochs", "batch_size", "lanczos_steps", "slq_probes", "hessian_batch_size",
                      "epsilon_batch_size", "grid", "eval_every_epochs", "checkpoint_every_epochs"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+            _checks.positive_int(getattr(self, name), name)
         for name in ("train_samples", "test_samples", "hessian_samples"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name}: expected a positive integer or None, got {v!r}")
-        if not (isinstance(self.l1, (int, float)) and self.l1 >= 0):
-            raise ValueError(f"l1: expected a non-negative strength, got {self.l1!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")
-        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs: expected a non-negative integer, got {self.warmup_epochs!r}")
-        if isinstance(self.zero_mass_rows, bool) or not isinstance(self.zero_mass_rows, int) or self.zero_mass_rows < 0:
-            raise ValueError(f"zero_mass_rows: expected a non-negative integer, got {self.zero_mass_rows!r}")
+            _checks.positive_int(getattr(self, name), name, allow_none=True)
+        for name in ("warmup_epochs", "zero_mass_rows", "seed"):
+            _checks.nonnegative_int(getattr(self, name), name)
+        for name in ("l1", "momentum", "tolerance", "gamma"):
+            _checks.nonnegative_float(getattr(self, name), name)
+        _checks.positive_float(self.lr, "lr")
+        _checks.finite_float(self.limit_grid_step, "limit_grid_step", low=0.0, high=0.5, low_open=True)
+        _checks.finite_float(self.resolution, "resolution", low=0.0, high=0.5, low_open=True)
+        for m in self.milestones:
+            _checks.positive_int(m, "milestones")
+        for t in self.report_tolerances:
+            _checks.nonnegative_float(t, "report_tolerances")
 
     @classmethod
     def small(cls, model: str = "mlp-32-32", dataset: str | None = None, **overrides) -> "LimitConfig":
@@ -156,25 +169,24 @@ class LimitConfig:
 
     @classmethod
     def full(cls, model: str = "fc5", dataset: str | None = None, **overrides) -> "LimitConfig":
-        """The paper's protocol for the paper's models (GPU); for digits MLPs, the small setting with the exact Hessian."""
+        """The paper's protocol for the paper's models (GPU); for digits MLPs, the small setting with the exact Hessian.
+
+        The actual limit follows the paper's code: the largest ``p`` on a 0.001 grid whose accuracy is
+        strictly above dense (``limit_rule="strict"``)."""
         dataset = dataset or _default_dataset(model)
         kind = _model_kind(model)
         if dataset == "digits":
-            base: dict[str, Any] = dict(model=model, dataset=dataset, spectrum="exact")
+            base: dict[str, Any] = dict(model=model, dataset=dataset, spectrum="exact", limit_rule="strict")
         else:
             paper = dict(PAPER_SETTINGS.get(kind, PAPER_SETTINGS["fc5"]))
             base = dict(model=model, dataset=dataset, epochs=200, batch_size=128, augment=True,
                         spectrum="slq", slq_probes=1, hessian_samples=None,
-                        epsilon_batch_size=128, grid=20, resolution=1e-3, eval_every_epochs=10,
-                        checkpoint_every_epochs=1, **paper)
+                        epsilon_batch_size=128, limit_rule="strict", limit_grid_step=1e-3,
+                        eval_every_epochs=10, checkpoint_every_epochs=1, **paper)
         base.update(overrides)
         if "batch_size" in overrides and "epsilon_batch_size" not in overrides:
             base["epsilon_batch_size"] = overrides["batch_size"]
         return cls(**base)
-
-    @classmethod
-    def for_scale(cls, scale: str, model: str, dataset: str | None = None, **overrides) -> "LimitConfig":
-        return cls.full(model, dataset, **overrides) if runtime.scale(scale) == "full" else cls.small(model, dataset, **overrides)
 
 
 def _model_kind(model: str) -> str:
@@ -201,22 +213,16 @@ def build_model(model: str, in_shape: Sequence[int], num_classes: int) -> nn.Mod
 
     Defined in book/limit_experiments.md.
     """
-    from .. import models
-
     kind = _model_kind(model)
     in_features = int(math.prod(in_shape))
     if kind == "mlp":
         hidden = [int(p) for p in model.split("-")[1:]]
-        return models.fc_net(hidden, num_classes, in_features)
+        return models.build_model("fc_net", hidden=hidden, num_classes=num_classes, in_features=in_features)
     if kind in ("fc5", "fc12"):
-        return getattr(models, kind)(num_classes, in_features)
+        return models.build_model(kind, num_classes=num_classes, in_features=in_features)
     if tuple(in_shape) != (3, 32, 32):
         raise ValueError(f"model: {model} expects 3x32x32 images; the dataset gives {tuple(in_shape)}")
-    if kind == "alexnet":
-        return models.AlexNetCifar(num_classes)
-    if kind == "vgg16":
-        return models.vgg16_bn_cifar(num_classes)
-    return getattr(models, f"{kind}_cifar")(num_classes)
+    return models.build_model(REGISTRY_NAME[kind], num_classes=num_classes)
 
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
@@ -293,8 +299,13 @@ def _accuracy(model: nn.Module, batches: TensorBatches) -> float:
 
 
 def _lr_lambda(config: LimitConfig, steps_per_epoch: int, total_steps: int):
-    warm = config.warmup_epochs * steps_per_epoch
-    milestones = [m * steps_per_epoch for m in config.milestones]
+    """The learning-rate factor per iteration. With ``schedule_unit="epoch"`` warm-up, milestones and the
+    cosine length are epochs converted to iterations; with ``"iteration"`` the same numbers count
+    iterations (the paper's code steps its epoch-based schedulers every iteration)."""
+    unit = steps_per_epoch if config.schedule_unit == "epoch" else 1
+    warm = config.warmup_epochs * unit
+    milestones = [m * unit for m in config.milestones]
+    cosine_end = total_steps if config.schedule_unit == "epoch" else config.epochs
 
     def factor(step: int) -> float:
         f = 1.0
@@ -303,10 +314,30 @@ def _lr_lambda(config: LimitConfig, steps_per_epoch: int, total_steps: int):
         if config.schedule == "multistep":
             f *= config.gamma ** sum(step >= m for m in milestones)
         elif config.schedule == "cosine" and step >= warm:
-            f *= 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total_steps - warm)))
+            f *= 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, cosine_end - warm)))
         return f
 
     return factor
+
+
+def _actual_limit(model: nn.Module, accuracy, config: LimitConfig, tolerance: float, progress):
+    """The actual limit under ``config.limit_rule``: ``strict`` is the largest ``p`` on a grid of step
+    ``limit_grid_step`` with accuracy strictly above dense - tolerance; ``at_least_bisect`` the coarse
+    grid + bisection with ``>=``."""
+    import inspect
+
+    if "grid_step" in inspect.signature(actual_pruning_limit).parameters:
+        extra = (dict(grid_step=config.limit_grid_step) if config.limit_rule == "strict"
+                 else dict(grid=config.grid, resolution=config.resolution))
+        return actual_pruning_limit(model, accuracy, tolerance=tolerance, rule=config.limit_rule,
+                                    progress=progress, **extra)
+    # A library without the named rules: the same searches through its ">" / ">=" comparison.
+    if config.limit_rule == "strict":
+        steps = int(round(1 / config.limit_grid_step))
+        return actual_pruning_limit(model, accuracy, tolerance=tolerance, rule=">", grid=steps,
+                                    resolution=config.limit_grid_step, progress=progress)
+    return actual_pruning_limit(model, accuracy, tolerance=tolerance, rule=">=", grid=config.grid,
+                                resolution=config.resolution, progress=progress)
 
 
 def _zero_mass(model: nn.Module, loss_fn, data, params: list[str], rows: int, progress: bool | None = None) -> float:
@@ -423,12 +454,12 @@ def run(
     grid = [i / 100 for i in range(100)]
     curve = width_curve(radius, ws, eps, grid)
 
-    actual = actual_pruning_limit(model, lambda m: _accuracy(m, data.test), tolerance=config.tolerance,
-                                  rule=config.rule, grid=config.grid, resolution=config.resolution, progress=progress)
+    def measure(tol: float):
+        return _actual_limit(model, lambda m: _accuracy(m, data.test), config, tol, progress)
+
+    actual = measure(config.tolerance)
     for tol in config.report_tolerances:
-        extra[f"actual_tolerance_{tol:g}"] = actual_pruning_limit(
-            model, lambda m: _accuracy(m, data.test), tolerance=tol, rule=config.rule, grid=config.grid,
-            resolution=config.resolution, progress=progress).removed
+        extra[f"actual_tolerance_{tol:g}"] = measure(tol).removed
     from ..masks import prunable_parameters
 
     prunable = list(prunable_parameters(model).values())
@@ -451,7 +482,9 @@ def run(
         "spectrum": ws.description,
         "zero_mass": zero_mass,
         **spectrum_stats,
-        "actual_rule": f"test accuracy {config.rule} dense - {config.tolerance:g}",
+        "actual_rule": (f"test accuracy {'>' if config.limit_rule == 'strict' else '>='} dense - "
+                        f"{config.tolerance:g} ({config.limit_rule}"
+                        + (f", grid step {config.limit_grid_step:g})" if config.limit_rule == "strict" else ")")),
         "small_weight_share": small_share,
         **extra,
         "actual_bracket": list(actual.bracket),
@@ -466,7 +499,7 @@ def run(
 
 
 def experiment_name(config: LimitConfig, scale_name: str) -> str:
-    """``limit-<model>-<dataset>`` plus the l1 strength / seed when they differ from the preset."""
+    """``limit-<model>-<dataset>`` plus the l1 strength / seed when they differ from the preset (chapter labels)."""
     name = f"limit-{config.model}-{config.dataset}"
     preset = LimitConfig.for_scale(scale_name, config.model, config.dataset)
     if config.l1 != preset.l1:
@@ -476,67 +509,41 @@ def experiment_name(config: LimitConfig, scale_name: str) -> str:
     return name
 
 
-def _parser() -> argparse.ArgumentParser:
-    from ..cli import add_common_arguments
+def _resolve_data(data: str | None, config: LimitConfig) -> str | None:
+    if config.dataset == "digits":
+        if data is not None:
+            raise ValueError("--data: the digits are bundled with scikit-learn; expected no --data with dataset "
+                             "digits (or --dataset cifar10/cifar100 with a CIFAR folder)")
+        return None
+    if data is None and os.environ.get("PRUNINGLAB_DATA"):
+        data = os.environ["PRUNINGLAB_DATA"]
+    if data is None:
+        raise ValueError(f"--data: {config.dataset} needs its folder (torchvision format); expected --data DIR "
+                         "or $PRUNINGLAB_DATA")
+    return data
 
-    p = argparse.ArgumentParser(
-        prog="python -m pruninglab limit",
-        description="Train a network with l1 regularisation, then compare the predicted pruning limit "
-                    "(p = G(R(p)), Zhang et al. 2024) with the actual one-shot magnitude pruning limit.",
-    )
-    p.add_argument("--model", default=None,
-                   help=f"{', '.join(PAPER_MODELS)} or mlp-H1-H2-... (default: mlp-32-32 on digits at small scale, fc5 at full)")
-    p.add_argument("--dataset", choices=DATASETS, default=None,
-                   help="digits (bundled), cifar10 or cifar100 (a torchvision-format folder given by --data); "
-                        "default: the model's dataset in the paper, digits for MLPs")
-    add_common_arguments(p)
-    g = p.add_argument_group("overrides of the scale's preset")
-    g.add_argument("--l1", type=float, default=None, help="l1 strength")
-    g.add_argument("--lr", type=float, default=None, help="learning rate")
-    g.add_argument("--epochs", type=int, default=None)
-    g.add_argument("--batch-size", type=int, default=None)
-    g.add_argument("--spectrum", choices=["exact", "slq"], default=None)
-    g.add_argument("--lanczos-steps", type=int, default=None)
-    g.add_argument("--slq-probes", type=int, default=None)
-    g.add_argument("--train-samples", type=int, default=None)
-    g.add_argument("--test-samples", type=int, default=None)
-    g.add_argument("--hessian-samples", type=int, default=None)
-    g.add_argument("--zero-mass-rows", type=int, default=None)
-    g.add_argument("--rule", choices=[">=", ">"], default=None, help="when a pruned model counts as good")
-    g.add_argument("--tolerance", type=float, default=None, help="allowed accuracy drop (default 0)")
-    p.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # simulate a crash (tests)
-    return p
+
+def execute(config: LimitConfig, ctx: base.RunContext) -> tuple[bool, dict]:
+    """The command line's run: :func:`run` in the run folder of ``ctx``."""
+    metrics = run(config, data_dir=ctx.data, out_dir=ctx.out_dir, resume=ctx.resume, device=ctx.device,
+                  progress=ctx.progress, stop_after=ctx.stop_after)
+    return "stopped_at" not in metrics, metrics
+
+
+def _summary(m: dict) -> str:
+    return (f"dense accuracy {m['dense_accuracy']:.4f}, epsilon {m['epsilon']:.3g}, predicted limit "
+            f"{m['predicted']:.3f}, actual {m['actual']:.3f} (removed fractions)")
+
+
+EXPERIMENT = base.Experiment(
+    name="limit", config_cls=LimitConfig, execute=execute, resolve_data=_resolve_data, summarize=_summary,
+    description="Train a network with l1 regularisation, then compare the predicted pruning limit "
+                "(p = G(R(p)), Zhang et al. 2024) with the actual one-shot magnitude pruning limit.")
 
 
 def main(argv: list[str] | None = None) -> int:
     """The ``limit`` subcommand. Defined in book/limit_experiments.md."""
-    args = _parser().parse_args(argv)
-    scale_name = runtime.scale(args.scale)
-    model = args.model or ("fc5" if scale_name == "full" else "mlp-32-32")
-    overrides = {k: getattr(args, k) for k in ("l1", "lr", "epochs", "batch_size", "spectrum", "lanczos_steps",
-                                               "slq_probes", "train_samples", "test_samples", "hessian_samples",
-                                               "zero_mass_rows", "rule", "tolerance")
-                 if getattr(args, k) is not None}
-    overrides["seed"] = args.seed
-    config = LimitConfig.for_scale(scale_name, model, args.dataset, **overrides)
-    name = experiment_name(config, scale_name)
-    run_dir = Path(args.out) if args.out else runtime.results_dir(name, "small").parent.parent / "runs" / f"{name}-{scale_name}"
-    dev = runtime.device(args.device)
-    progress = False if args.no_progress else None
-    t0 = time.perf_counter()
-    metrics = run(config, data_dir=args.data, out_dir=run_dir, resume=args.resume, device=dev, progress=progress,
-                  stop_after=args.stop_after)
-    if "stopped_at" in metrics:
-        print(f"limit: stopped after step {metrics['stopped_at']}; continue with --resume (checkpoint in {run_dir})")
-        return 0
-    path = runtime.save_result(name, metrics, config, scale_name=scale_name, dev=dev,
-                               wall_time_s=time.perf_counter() - t0,
-                               out_dir=Path(args.out) if args.out else None)
-    print(f"{name} [{scale_name}]: dense accuracy {metrics['dense_accuracy']:.4f}, epsilon {metrics['epsilon']:.3g}, "
-          f"predicted limit {metrics['predicted']:.3f}, actual {metrics['actual']:.3f} (removed fractions)")
-    print(json.dumps({"result": str(path), "predicted": round(metrics["predicted"], 4),
-                      "actual": round(metrics["actual"], 4), "gap": round(metrics["gap"], 4)}))
-    return 0
+    return base.main(EXPERIMENT, argv)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Defined in book/convex_geometry.md.
 
 Draws the empirical success probability of exact recovery over (m/d, s/d) for l1 and over
 (m/d, k/G) for group-l1, next to the statistical-dimension prediction, and stores the result with
-its provenance (``results/phase/result.json`` at full scale, the git-ignored cache at small scale).
+its provenance (``results/phase/<run id>/result.json`` at full scale, the git-ignored cache at small scale).
 The chapter calls :func:`run` with the same config, so the notebook and the command line agree.
 
     python -m pruninglab phase                  # small: d = 100, a few seconds on a CPU
@@ -12,56 +12,60 @@ The chapter calls :func:`run` with the same config, so the notebook and the comm
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..cli import add_common_arguments
+from .. import _checks
 from ..limits.geometry import statistical_dimension_l1, statistical_dimension_l1_mc
 from ..limits.phase import PhaseGrid, phase_transition_grid, predicted_transition, transition_points
 from ..runtime import device as pick_device
-from ..runtime import save_result, scale
+from . import base
+from .base import ExperimentConfig, option
 
 EXPERIMENT = "phase"
 
 
 @dataclass(frozen=True)
-class PhaseConfig:
+class PhaseConfig(ExperimentConfig):
     """Grid sizes of the phase-transition experiment (``small()`` for a CPU, ``full()`` for a GPU).
 
     Defined in book/convex_geometry.md.
     """
 
-    d: int = 100  # l1: ambient dimension
-    num_m: int = 20  # l1: measurement counts m = d (i + 0.5) / num_m, i < num_m
-    s_step: float = 0.05  # l1: sparsities s/d = 0.02 and s_step, 2 s_step, ... up to max_sparsity
-    max_sparsity: float = 0.6
-    trials: int = 10
-    group_size: int = 4  # group-l1: d = num_groups * group_size
-    num_groups: int = 25
-    group_num_m: int = 12
-    group_num_k: int = 15  # active groups k evenly spaced in [1, max_sparsity * num_groups]
-    group_trials: int = 10
-    mc_samples: int = 4000  # Monte-Carlo draws for the statistical-dimension check
-    seed: int = 0
-    success_tol: float = 1e-4
+    d: int = option(100, "l1: ambient dimension")
+    num_m: int = option(20, "l1: measurement counts m = d (i + 0.5) / num_m, i < num_m")
+    s_step: float = option(0.05, "l1: sparsities s/d = 0.02 and s_step, 2 s_step, ... up to max_sparsity")
+    max_sparsity: float = option(0.6, "largest sparsity s/d (and k/G) of the grids")
+    trials: int = option(10, "l1: random problems per grid cell")
+    group_size: int = option(4, "group-l1: entries per group (d = num_groups * group_size)")
+    num_groups: int = option(25, "group-l1: number of groups")
+    group_num_m: int = option(12, "group-l1: measurement counts")
+    group_num_k: int = option(15, "group-l1: active-group counts k, evenly spaced in [1, max_sparsity * num_groups]")
+    group_trials: int = option(10, "group-l1: random problems per grid cell")
+    mc_samples: int = option(4000, "Monte-Carlo draws for the statistical-dimension check")
+    success_tol: float = option(1e-4, "relative error below which a recovery counts as exact")
+    which: str = option("both", "grids to run: both, l1 or group")
+    cpu_threads: int | None = option(None, "torch CPU threads (1 is often faster for these small problems)")
+    seed: int = option(0, "random seed")
+
+    def __post_init__(self):
+        for name in ("d", "num_m", "trials", "group_size", "num_groups", "group_num_m", "group_num_k",
+                     "group_trials", "mc_samples"):
+            _checks.positive_int(getattr(self, name), name)
+        _checks.positive_int(self.cpu_threads, "cpu_threads", allow_none=True)
+        _checks.nonnegative_int(self.seed, "seed")
+        _checks.fraction(self.s_step, "s_step", low_open=True)
+        _checks.fraction(self.max_sparsity, "max_sparsity", low_open=True, high_open=False)
+        _checks.positive_float(self.success_tol, "success_tol")
+        _checks.one_of(self.which, "which", ("both", "l1", "group"))
 
     @classmethod
-    def small(cls) -> "PhaseConfig":
-        return cls()
-
-    @classmethod
-    def full(cls) -> "PhaseConfig":
-        return cls(d=400, num_m=40, s_step=0.0125, trials=50, group_size=4, num_groups=100, group_num_m=40,
-                   group_num_k=30, group_trials=40, mc_samples=20000)
-
-    @classmethod
-    def for_scale(cls, scale_name: str | None = None) -> "PhaseConfig":
-        return cls.full() if scale(scale_name) == "full" else cls.small()
+    def full(cls, **overrides) -> "PhaseConfig":
+        base_ = dict(d=400, num_m=40, s_step=0.0125, trials=50, group_size=4, num_groups=100, group_num_m=40,
+                     group_num_k=30, group_trials=40, mc_samples=20000)
+        return cls(**{**base_, **overrides})
 
     def l1_grid(self) -> tuple[list[int], list[int]]:
         """The ``(ms, ss)`` of the l1 grid."""
@@ -89,13 +93,12 @@ def _grid_summary(grid: PhaseGrid) -> dict:
 
 
 def run(config: PhaseConfig, *, device: torch.device | str | None = None, progress: bool | None = None,
-        which: str = "both") -> dict:
+        which: str | None = None) -> dict:
     """Run the grids (and the Monte-Carlo check) of ``config``; return the metrics dict.
 
-    Defined in book/convex_geometry.md.
+    Defined in book/convex_geometry.md. ``which`` overrides ``config.which``.
     """
-    if which not in ("both", "l1", "group"):
-        raise ValueError(f"which: expected 'both', 'l1' or 'group', got {which!r}")
+    which = _checks.one_of(config.which if which is None else which, "which", ("both", "l1", "group"))
     dev = pick_device(device) if not isinstance(device, torch.device) else device
     metrics: dict = {"device": str(dev)}
     if which in ("both", "l1"):
@@ -120,43 +123,35 @@ def run(config: PhaseConfig, *, device: torch.device | str | None = None, progre
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: run the grids at the chosen scale and store them with provenance.
+def execute(config: PhaseConfig, ctx: base.RunContext) -> tuple[bool, dict]:
+    """The command line's run (no checkpoints: the grids take seconds to minutes)."""
+    with base.cpu_threads(config.cpu_threads):
+        return True, run(config, device=ctx.device, progress=ctx.progress)
 
-    Defined in book/convex_geometry.md.
-    """
-    parser = argparse.ArgumentParser(prog="python -m pruninglab phase", description=__doc__.splitlines()[0])
-    add_common_arguments(parser)
-    parser.add_argument("--which", choices=["both", "l1", "group"], default="both")
-    parser.add_argument("--trials", type=int, default=None, help="override the trials per grid cell")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is often faster for these small operations)")
-    args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads: expected a positive integer, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    sc = scale(args.scale)
-    config = PhaseConfig.for_scale(sc)
-    config = dataclasses.replace(config, seed=args.seed)
-    if args.trials is not None:
-        if args.trials < 1:
-            raise ValueError(f"--trials: expected a positive integer, got {args.trials}")
-        config = dataclasses.replace(config, trials=args.trials, group_trials=args.trials)
-    dev = pick_device(args.device)
-    t0 = time.perf_counter()
-    metrics = run(config, device=dev, progress=False if args.no_progress else None, which=args.which)
-    wall = time.perf_counter() - t0
-    path = save_result(EXPERIMENT, metrics, config, scale_name=sc, dev=dev, wall_time_s=wall, out_dir=args.out)
+
+def _summary(metrics: dict) -> str:
+    parts = []
     for key in ("l1", "group"):
         if key in metrics:
             g = metrics[key]
             dev_m = [abs(e - p) for e, p in zip(g["empirical_m50"], g["predicted_m50"]) if e is not None]
             worst = f"{max(dev_m):.1f}" if dev_m else "n/a"
-            print(f"{key}: d={g['d']} grid {len(g['ks'])}x{len(g['ms'])} x {g['trials']} trials in "
-                  f"{g['seconds']:.1f} s; largest |empirical 50% m - delta| = {worst}")
-    print(f"wrote {path} ({wall:.1f} s on {dev})")
-    return 0
+            parts.append(f"{key}: d={g['d']} grid {len(g['ks'])}x{len(g['ms'])} x {g['trials']} trials in "
+                         f"{g['seconds']:.1f} s, largest |empirical 50% m - delta| = {worst}")
+    return "; ".join(parts)
+
+
+EXPERIMENT_SPEC = base.Experiment(name=EXPERIMENT, config_cls=PhaseConfig, execute=execute, data=None,
+                                  resumable=False, summarize=_summary,
+                                  description="Phase-transition grids of l1 and group-l1 recovery.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: run the grids at the chosen scale and store them with provenance.
+
+    Defined in book/convex_geometry.md.
+    """
+    return base.main(EXPERIMENT_SPEC, argv)
 
 
 if __name__ == "__main__":
