@@ -470,7 +470,8 @@ def limit_report(
                          "which disconnects the network")
     if negative_share > 0.05:
         notes.append(f"{negative_share:.0%} of the Hessian's spectral mass lies at negative eigenvalues: the weights "
-                     "are not at a minimum of the training loss (train longer?); G takes |lambda|")
+                     "are not at a minimum of the smooth training loss (common after SGD, and after an l1 penalty "
+                     "whose minimum is a kink); G takes each as |lambda|")
     if rule in ("strict", ">") and actual.removed == 0.0:
         notes.append("no pruned model scored strictly above the dense model, so the strict rule gives 0; "
                      "rule='at_least_bisect' or a tolerance counts scores equal to dense as good")
