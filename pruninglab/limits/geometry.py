@@ -184,6 +184,15 @@ def statistical_dimension_l1(d: int, s: int) -> float:
     minimum found to machine precision. ALMT: ``d psi(s/d) - 2 sqrt(d/s) <= delta <= d psi(s/d)``;
     :func:`statistical_dimension_l1_mc` estimates the exact value. Values: (100, 10) -> 32.88,
     (100, 20) -> 51.11.
+
+
+    Example
+    -------
+    >>> import pruninglab as pl
+    >>> round(pl.statistical_dimension_l1(100, 10), 2)
+    32.88
+    >>> pl.statistical_dimension_l1(100, 0) < pl.statistical_dimension_l1(100, 10) < 100
+    True
     """
     d, s = _check_sizes_l1(d, s)
     return statistical_dimension_group_l1(d, s, 1)

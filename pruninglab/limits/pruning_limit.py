@@ -339,6 +339,19 @@ def predicted_pruning_limit(
     so the crossing is unique and bisection on [0, 1] finds it to ``tol``. Because ``R`` is a step
     function of ``p`` (whole weights are removed), the answer is ``sup{p : G(R(p)) >= p}``.
     ``offset`` solves ``p = G(R(p)) + offset`` instead (see :func:`kinematic_band`).
+
+
+    Example
+    -------
+    >>> import torch
+    >>> from pruninglab.limits.pruning_limit import predicted_pruning_limit
+    >>> weights = torch.linspace(-1, 1, 101)           # the trained weights, flattened
+    >>> eigenvalues = torch.full((101,), 2.0)          # a flat-ish spectrum, one eigenvalue per weight
+    >>> pred = predicted_pruning_limit(weights, eigenvalues, epsilon=0.05)
+    >>> p = pred.removed; 0 < p < 1
+    True
+    >>> abs(p - 0.1 / (0.1 + 2.0 * pred.radius ** 2)) < 1e-3  # p* = G(R(p*)) with G = 2e/(2e + lambda R^2)
+    True
     """
     eps = _check_epsilon(epsilon)
     if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not 0 < tol < 0.1:
@@ -458,6 +471,20 @@ def loss_noise_epsilon(
     each loss; at fixed ``w*`` that is the same constant for every batch and does not change the
     standard deviation, so it is left out here. ``device`` is where the batches are moved (default:
     the model's; ``dev`` is an older spelling of the same keyword).
+
+
+    Example
+    -------
+    >>> import torch, torch.nn.functional as F
+    >>> from pruninglab.limits.pruning_limit import loss_noise_epsilon
+    >>> torch.manual_seed(0); model = torch.nn.Linear(4, 2)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    >>> batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    >>> eps = loss_noise_epsilon(model, F.cross_entropy, batches)
+    >>> losses = torch.stack([F.cross_entropy(model(a), b) for a, b in batches]).detach()
+    >>> abs(eps - float(losses.std(correction=0))) < 1e-6
+    True
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
