@@ -338,7 +338,7 @@ class _Estimators:
 class HessianOperator(_Estimators):
     """``v ↦ H v`` for the Hessian of the loss averaged over all batches of ``data``.
 
-    Defined in book/sharpness.md. Build it with :func:`hvp_operator`.
+    Defined in book/your_model.md. Build it with :func:`hvp_operator`.
 
     Vectors are flat tensors of length :attr:`dim` (the chosen parameters concatenated in the
     order of :attr:`names`) on :attr:`device` with :attr:`dtype`. Each call passes over all
@@ -534,7 +534,7 @@ class HessianOperator(_Estimators):
 class HessianBlock(_Estimators):
     """A diagonal block ``H_ll`` of a :class:`HessianOperator` (built by :meth:`HessianOperator.block`).
 
-    Defined in book/sharpness.md. Offers the same estimators (``eigenvalues``, ``trace``,
+    Offers the same estimators (``eigenvalues``, ``trace``,
     ``spectrum``) on flat vectors of the block's parameters; products go through the parent's
     cached gradient graphs and are counted in the parent's :attr:`HessianOperator.num_hvp`.
     """
@@ -589,8 +589,6 @@ def hvp_operator(
 @dataclass
 class LanczosResult:
     """Output of :func:`lanczos`.
-
-    Defined in book/sharpness.md.
 
     ``ritz_values`` are all Ritz values of the final tridiagonal matrix, descending, with their
     residual norms ``residuals`` (``‖H y − θ y‖`` for the Ritz vector ``y``, an upper bound on the
@@ -888,7 +886,7 @@ def hessian_eigenvalues(
 class TraceEstimate:
     """Hutchinson's trace estimate: ``trace`` (the sample mean of ``vᵀHv``) and its standard error.
 
-    Defined in book/sharpness.md. Unpacks as ``trace, stderr = hessian_trace(...)``; ``samples``
+    Unpacks as ``trace, stderr = hessian_trace(...)``; ``samples``
     holds every ``vᵀHv``; ``per_parameter`` maps each parameter name to its diagonal block's
     ``(trace, stderr)`` from the same probes.
     """
@@ -1133,7 +1131,7 @@ def exact_hessian_eigenvalues(
 ) -> torch.Tensor:
     """All (or the ``k`` largest) eigenvalues of :func:`exact_hessian`, descending, float64 on the CPU.
 
-    Defined in book/sharpness.md. ``kwargs`` go to :func:`exact_hessian` (``dtype``, ``device``, ...).
+    Defined in book/limit_experiments.md. ``kwargs`` go to :func:`exact_hessian` (``dtype``, ``device``, ...).
     """
     h = exact_hessian(model, loss_fn, data, params, **kwargs)
     vals = torch.linalg.eigvalsh(h.to(torch.float64)).flip(0).cpu()
@@ -1150,7 +1148,7 @@ def exact_hessian_eigenvalues(
 
 @dataclass
 class LayerSharpness:
-    """Sharpness of one parameter's diagonal Hessian block. Defined in book/sharpness.md."""
+    """Sharpness of one parameter's diagonal Hessian block."""
 
     name: str
     numel: int

@@ -149,7 +149,7 @@ def _check_fraction(p: Any, name: str, upper_inclusive: bool = False) -> float:
 class WidthSpectrum:
     """The Hessian spectrum as ``G`` sees it: ``|lambda|`` nodes with weights, plus a mass at exactly zero.
 
-    Defined in book/pruning_limit.md. ``G(R) = zero_mass + sum_j weight_j * 2 eps / (2 eps + node_j R^2)``;
+    ``G(R) = zero_mass + sum_j weight_j * 2 eps / (2 eps + node_j R^2)``;
     the weights and ``zero_mass`` sum to 1 (a probability distribution over the ``D`` eigenvalues).
     """
 
@@ -289,7 +289,7 @@ def _check_epsilon(epsilon: Any) -> float:
 class PredictedLimit:
     """The predicted pruning limit and the quantities at the fixed point.
 
-    Defined in book/pruning_limit.md. ``removed`` is the fraction of prunable weights removed
+    ``removed`` is the fraction of prunable weights removed
     (``float(result)`` gives it); ``kept = 1 - removed``.
     """
 
@@ -521,7 +521,7 @@ ACTUAL_LIMIT_RULES = ("strict", "at_least_bisect", ">=", ">")
 class ActualLimit:
     """The measured pruning limit and how it was found.
 
-    Defined in book/limit_experiments.md. ``removed`` is the largest fraction found at which the
+    ``removed`` is the largest fraction found at which the
     pruned (not fine-tuned) model is still "good"; ``float(result)`` gives it. ``bracket = (lo, hi)``
     with ``lo == removed`` good and ``hi`` the next evaluated fraction above it, which is bad
     (``hi == lo`` when ``lo`` is the top of the range). ``evaluations`` lists every ``(p, score)``
