@@ -48,6 +48,7 @@ import argparse
 import contextlib
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -418,25 +419,26 @@ def _top_k_runner(peer: str, model, x, y, k: int, seed: int):
     return run
 
 
-def _steps_to(run, ref: np.ndarray, rel: float, lo: int, hi: int = 400) -> int | None:
-    """Smallest ``n`` in [lo, hi] whose values are all within ``rel`` of ``ref`` (bisection, untimed)."""
+def _steps_to(run, ref: np.ndarray, rel: float, lo: int, hi: int = 256) -> int | None:
+    """Smallest ``n`` in [lo, hi] whose values are all within ``rel`` of ``ref`` (untimed): doubling from
+    ``lo``, then bisection between the last failure and the first success; ``None`` if ``hi`` fails."""
     def ok(n):
         vals, _ = run(n)
         return bool(np.all(np.abs(vals - ref) <= rel * np.abs(ref)))
 
-    if not ok(hi):
-        return None
-    n = lo
-    while n < hi and not ok(n):  # doubling, then bisect between the last failure and the first success
-        lo, n = n, min(hi, 2 * n)
-    if n == lo:
+    fail, n = None, lo
+    while not ok(n):
+        if n >= hi:
+            return None
+        fail, n = n, min(hi, 2 * n)
+    if fail is None:
         return n
-    while n - lo > 1:
-        mid = (lo + n) // 2
+    while n - fail > 1:
+        mid = (fail + n) // 2
         if ok(mid):
             n = mid
         else:
-            lo = mid
+            fail = mid
     return n
 
 
@@ -541,6 +543,7 @@ def main(argv=None) -> int:
                         help="skip the detailed PyHessian comparison above and run only the peers' table")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    os.environ.setdefault("PRUNINGLAB_PROGRESS", "0")  # no bars inside timed calls
     warnings.filterwarnings("ignore", category=UserWarning)
     start_load = loadavg()
     print(f"loadavg at start: {start_load}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
