@@ -53,6 +53,7 @@ import statistics
 import sys
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -479,46 +480,57 @@ def _trace_runner(peer: str, model, x, y, probes: int, seed: int):
     return run
 
 
-def _timed(fn, reps: int):
-    times, out = [], None
-    for _ in range(reps):
-        with quiet_gc():
-            t0 = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
 def bench_peers(name: str, trained: bool, reps: int, rel: float = 0.01, probes: int = 100,
                 peers: tuple[str, ...] = PEERS) -> dict:
     """Every peer and ours on one case: time to ``rel`` on the top eigenvalue and on the top 3, and the
     time of ``probes`` Hutchinson probes. Each method's step count for ``rel`` is found by an untimed
-    search against the ARPACK reference (an oracle stop), then the run with that count is timed
-    (median of ``reps``; the operator is built inside the timed call). Ratios are peer / ours."""
+    search against the ARPACK reference (an oracle stop), then the runs with those counts are timed,
+    interleaved across methods (median of ``reps``; each operator is built inside its timed call).
+    Ratios are peer / ours."""
     model, x, y = setup(name, trained=trained)
     ref3, _ = reference_top_eigenvalues(model, x, y, k=3)
     label = f"{name}-{'trained' if trained else 'init'}"
     print(f"[{label}] peers; reference top-3 {np.round(ref3, 6).tolist()}", flush=True)
     methods = ("ours", *peers)
     out: dict = {"reference_top3": ref3.tolist()}
+    # Untimed: each method's step count to `rel` (its oracle stop); then the timed calls, interleaved
+    # (ours, peer 1, peer 2, ..., ours, ...) so that a change of load hits every method alike.
+    calls: dict[tuple[str, str], Any] = {}
+    steps: dict[tuple[str, str], int | None] = {}
     for method in methods:
-        row: dict = {}
         for k in (1, 3):
             run = _top_k_runner(method, model, x, y, k, seed=0)
             run(k + 1)  # warm-up
             n = _steps_to(run, ref3[:k], rel, lo=k + 1)
-            if n is None:
+            steps[method, f"top{k}"] = n
+            if n is not None:
+                calls[method, f"top{k}"] = (lambda run=run, n=n: run(n))
+        calls[method, "trace"] = _trace_runner(method, model, x, y, probes, seed=0)
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+    results: dict[tuple[str, str], Any] = {}
+    for _ in range(reps):
+        for key, fn in calls.items():
+            with quiet_gc():
+                t0 = time.perf_counter()
+                results[key] = fn()
+                times[key].append(time.perf_counter() - t0)
+    for method in methods:
+        row: dict = {}
+        for k in (1, 3):
+            key = (method, f"top{k}")
+            if key not in calls:
                 row[f"top{k}"] = {"seconds": None, "steps": None, "hvps": None, "rel_err": None}
                 continue
-            secs, (vals, hvps) = _timed(lambda: run(n), reps)
+            vals, hvps = results[key]
             err = float(np.max(np.abs(vals - ref3[:k]) / np.abs(ref3[:k])))
-            row[f"top{k}"] = {"seconds": secs, "steps": n, "hvps": hvps, "rel_err": err}
-        trun = _trace_runner(method, model, x, y, probes, seed=0)
-        secs, (est, se) = _timed(trun, reps)
-        row["trace"] = {"seconds": secs, "probes": probes, "estimate": est, "stderr": se}
+            row[f"top{k}"] = {"seconds": statistics.median(times[key]), "steps": steps[key], "hvps": hvps,
+                              "rel_err": err}
+        est, se = results[method, "trace"]
+        row["trace"] = {"seconds": statistics.median(times[method, "trace"]), "probes": probes, "estimate": est,
+                        "stderr": se}
         out[method] = row
         print(f"  {method:20s} top1 {row['top1']['seconds']}s ({row['top1']['hvps']} HVPs), "
-              f"top3 {row['top3']['seconds']}s ({row['top3']['hvps']} HVPs), trace {secs:.3f}s "
+              f"top3 {row['top3']['seconds']}s ({row['top3']['hvps']} HVPs), trace {row['trace']['seconds']:.3f}s "
               f"= {est:.4g} ± {se:.2g}", flush=True)
     for method in peers:
         for key in ("top1", "top3", "trace"):
