@@ -481,7 +481,7 @@ def _trace_runner(peer: str, model, x, y, probes: int, seed: int):
 
 
 def bench_peers(name: str, trained: bool, reps: int, rel: float = 0.01, probes: int = 100,
-                peers: tuple[str, ...] = PEERS) -> dict:
+                peers: tuple[str, ...] = PEERS, max_steps: int = 256) -> dict:
     """Every peer and ours on one case: time to ``rel`` on the top eigenvalue and on the top 3, and the
     time of ``probes`` Hutchinson probes. Each method's step count for ``rel`` is found by an untimed
     search against the ARPACK reference (an oracle stop), then the runs with those counts are timed,
@@ -501,7 +501,7 @@ def bench_peers(name: str, trained: bool, reps: int, rel: float = 0.01, probes: 
         for k in (1, 3):
             run = _top_k_runner(method, model, x, y, k, seed=0)
             run(k + 1)  # warm-up
-            n = _steps_to(run, ref3[:k], rel, lo=k + 1)
+            n = _steps_to(run, ref3[:k], rel, lo=k + 1, hi=max_steps)
             steps[method, f"top{k}"] = n
             if n is not None:
                 calls[method, f"top{k}"] = (lambda run=run, n=n: run(n))
@@ -551,6 +551,9 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", default=",".join(PEERS),
                         help="maintained peers timed beside ours on the same cases (empty: none)")
     parser.add_argument("--peer-reps", type=int, default=3)
+    parser.add_argument("--peer-probes", type=int, default=100, help="Hutchinson probes for the trace")
+    parser.add_argument("--peer-max-steps", type=int, default=256,
+                        help="steps (per eigenvalue) after which a method counts as not reaching 1%%")
     parser.add_argument("--skip-pyhessian-detail", action="store_true",
                         help="skip the detailed PyHessian comparison above and run only the peers' table")
     args = parser.parse_args(argv)
@@ -566,7 +569,8 @@ def main(argv=None) -> int:
     if args.resnet18 and not args.skip_pyhessian_detail:
         results["resnet18-init"] = bench_case("resnet18", False, args.reps)
     peer_names = tuple(p for p in args.peers.split(",") if p)
-    peer_cases = {f"{m}-{s}": bench_peers(m, s == "trained", args.peer_reps, peers=peer_names)
+    peer_cases = {f"{m}-{s}": bench_peers(m, s == "trained", args.peer_reps, peers=peer_names,
+                                               probes=args.peer_probes, max_steps=args.peer_max_steps)
                   for m in models for s in states} if peer_names else {}
     end_load = loadavg()
     print(f"loadavg at end: {end_load}", flush=True)
