@@ -474,7 +474,7 @@ def _trace_runner(peer: str, model, x, y, probes: int, seed: int):
             torch.manual_seed(seed)
             H = HessianLinearOperator(model, nn.CrossEntropyLoss(), [p for p in model.parameters()], [(x, y)],
                                       check_deterministic=False)
-            return float(hutchinson_trace(H, probes)), float("nan")
+            return float(hutchinson_trace(H, probes)), None  # curvlinops returns no standard error
     else:
         raise ValueError(f"peer: unknown {peer!r}")
     return run
@@ -531,7 +531,7 @@ def bench_peers(name: str, trained: bool, reps: int, rel: float = 0.01, probes: 
         out[method] = row
         print(f"  {method:20s} top1 {row['top1']['seconds']}s ({row['top1']['hvps']} HVPs), "
               f"top3 {row['top3']['seconds']}s ({row['top3']['hvps']} HVPs), trace {row['trace']['seconds']:.3f}s "
-              f"= {est:.4g} ± {se:.2g}", flush=True)
+              f"= {est:.4g} ± {se if se is None else round(se, 3)}", flush=True)
     for method in peers:
         for key in ("top1", "top3", "trace"):
             a, b = out[method][key]["seconds"], out["ours"][key]["seconds"]
