@@ -1,4 +1,13 @@
-"""Top Hessian eigenvalue: pruninglab.sharpness (Lanczos) vs PyHessian (power iteration), on CPU.
+"""Hessian estimates: pruninglab.sharpness vs PyHessian, curvlinops and hessian-eigenthings, on CPU.
+
+The maintained peers (``bench_peers``): for each case, each method's time to the top eigenvalue and to
+the top three eigenvalues within 1% of an ARPACK reference (each method's own algorithm, its step count
+found by an untimed search, then timed with its operator built inside the call), and the time of 100
+Hutchinson probes for the trace. The last line's ``peers`` object gives, per peer and case, the
+time ratios peer / ours (``ratio_top1``, ``ratio_top3``, ``ratio_trace``; above 1: ours is faster).
+curvlinops has no eigensolver of its own; it is timed with SciPy's ``eigsh`` on its ``to_scipy()``.
+
+The detailed PyHessian comparison (``bench_case``) follows.
 
 Protocol (shared/BENCHMARKS.md): both methods on the same model, data and thread count, interleaved
 (PyHessian, ours, PyHessian, ours, ...), ``--reps`` repetitions after one warm-up, medians reported
@@ -39,10 +48,12 @@ import argparse
 import contextlib
 import gc
 import json
+import os
 import statistics
 import sys
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,6 +121,12 @@ def setup(name: str, trained: bool = True, seed: int = 0):
 
 
 def reference_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+    """The top eigenvalue of :func:`reference_top_eigenvalues` and its HVP count."""
+    vals, count = reference_top_eigenvalues(model, x, y, k=1)
+    return float(vals[0]), count
+
+
+def reference_top_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int = 1):
     """ARPACK (``eigsh``, tol 1e-10) on a float64 copy of the model: the reference for both methods.
 
     The product here is a plain double backward in float64 written for this script; the test suite
@@ -135,8 +152,8 @@ def reference_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor)
 
     dim = sum(sizes)
     op = LinearOperator((dim, dim), matvec=mv, dtype=np.float64)
-    val = eigsh(op, k=1, which="LA", tol=1e-10, return_eigenvectors=False, v0=np.ones(dim))
-    return float(val[0]), count[0]
+    val = eigsh(op, k=k, which="LA", tol=1e-10, return_eigenvectors=False, v0=np.ones(dim))
+    return np.sort(val)[::-1].copy(), count[0]
 
 
 def pyhessian_module():
@@ -344,6 +361,184 @@ def bench_case(name: str, trained: bool, reps: int) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- maintained peers
+
+PEERS = ("pyhessian", "curvlinops", "hessian_eigenthings")
+
+
+def _top_k_runner(peer: str, model, x, y, k: int, seed: int):
+    """A function ``n -> (top-k values, HVPs)`` that builds the peer's operator and runs ``n`` steps.
+
+    ``n`` is the number of Lanczos steps (ours, hessian-eigenthings), power-iteration steps per
+    eigenvalue (PyHessian), or, for curvlinops (which leaves eigensolvers to SciPy), ARPACK's ``ncv``
+    (the Krylov dimension of ``scipy.sparse.linalg.eigsh`` on ``to_scipy()``, tol 1e-2).
+    """
+    if peer == "ours":
+        def run(n):
+            with hvp_operator(model, F.cross_entropy, [(x, y)]) as op:
+                res = lanczos(op, k, num_steps=n, tol=None, generator=torch.Generator().manual_seed(seed))
+            return res.ritz_values[:k].numpy(), op.num_hvp
+    elif peer == "pyhessian":
+        ph = pyhessian_module()
+
+        def run(n):
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(seed)
+            h = ph.hessian(model, F.cross_entropy, data=(x, y), cuda=False)
+            vals, _ = h.eigenvalues(maxIter=n, tol=0.0, top_n=k)
+            model.zero_grad(set_to_none=True)
+            return np.sort(np.asarray(vals, dtype=np.float64))[::-1], n * k
+    elif peer == "hessian_eigenthings":
+        import hessian_eigenthings as he
+
+        def run(n):
+            op = he.HessianOperator(model, [(x, y)], he.supervised_loss(F.cross_entropy))
+            res = he.lanczos(op, k=k, max_iter=n, tol=0.0, which="LA", seed=seed)
+            return np.sort(res.eigenvalues.double().numpy())[::-1], n
+    elif peer == "curvlinops":
+        from curvlinops import HessianLinearOperator
+        from scipy.sparse.linalg import eigsh
+
+        def run(n):
+            H = HessianLinearOperator(model, nn.CrossEntropyLoss(), [p for p in model.parameters()], [(x, y)],
+                                      check_deterministic=False)
+            A = H.to_scipy()
+            calls = [0]
+            from scipy.sparse.linalg import LinearOperator
+
+            def mv(v):
+                calls[0] += 1
+                return A.matvec(v)
+
+            counted = LinearOperator(A.shape, matvec=mv, dtype=A.dtype)
+            v0 = np.random.default_rng(seed).standard_normal(A.shape[0])
+            vals = eigsh(counted, k=k, which="LA", tol=1e-2, ncv=max(n, 2 * k + 1), v0=v0,
+                         return_eigenvectors=False, maxiter=10_000)
+            return np.sort(vals)[::-1], calls[0]
+    else:
+        raise ValueError(f"peer: unknown {peer!r}")
+    return run
+
+
+def _steps_to(run, ref: np.ndarray, rel: float, lo: int, hi: int = 256) -> int | None:
+    """Smallest ``n`` in [lo, hi] whose values are all within ``rel`` of ``ref`` (untimed): doubling from
+    ``lo``, then bisection between the last failure and the first success; ``None`` if ``hi`` fails."""
+    def ok(n):
+        vals, _ = run(n)
+        return bool(np.all(np.abs(vals - ref) <= rel * np.abs(ref)))
+
+    fail, n = None, lo
+    while not ok(n):
+        if n >= hi:
+            return None
+        fail, n = n, min(hi, 2 * n)
+    if fail is None:
+        return n
+    while n - fail > 1:
+        mid = (fail + n) // 2
+        if ok(mid):
+            n = mid
+        else:
+            fail = mid
+    return n
+
+
+def _trace_runner(peer: str, model, x, y, probes: int, seed: int):
+    """A function ``() -> (trace estimate, stderr)`` with ``probes`` Rademacher probes (Hutchinson)."""
+    if peer == "ours":
+        def run():
+            with hvp_operator(model, F.cross_entropy, [(x, y)]) as op:
+                est = op.trace(probes, generator=torch.Generator().manual_seed(seed))
+            return est.trace, est.stderr
+    elif peer == "pyhessian":
+        ph = pyhessian_module()
+
+        def run():
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(seed)
+            h = ph.hessian(model, F.cross_entropy, data=(x, y), cuda=False)
+            samples = np.asarray(h.trace(maxIter=probes, tol=0.0), dtype=np.float64)
+            model.zero_grad(set_to_none=True)
+            return float(samples.mean()), float(samples.std(ddof=1) / np.sqrt(len(samples)))
+    elif peer == "hessian_eigenthings":
+        import hessian_eigenthings as he
+
+        def run():
+            op = he.HessianOperator(model, [(x, y)], he.supervised_loss(F.cross_entropy))
+            res = he.trace(op, num_matvecs=probes, method="hutchinson", seed=seed)
+            return float(res.estimate), float(res.stderr)
+    elif peer == "curvlinops":
+        from curvlinops import HessianLinearOperator, hutchinson_trace
+
+        def run():
+            torch.manual_seed(seed)
+            H = HessianLinearOperator(model, nn.CrossEntropyLoss(), [p for p in model.parameters()], [(x, y)],
+                                      check_deterministic=False)
+            return float(hutchinson_trace(H, probes)), None  # curvlinops returns no standard error
+    else:
+        raise ValueError(f"peer: unknown {peer!r}")
+    return run
+
+
+def bench_peers(name: str, trained: bool, reps: int, rel: float = 0.01, probes: int = 100,
+                peers: tuple[str, ...] = PEERS, max_steps: int = 256) -> dict:
+    """Every peer and ours on one case: time to ``rel`` on the top eigenvalue and on the top 3, and the
+    time of ``probes`` Hutchinson probes. Each method's step count for ``rel`` is found by an untimed
+    search against the ARPACK reference (an oracle stop), then the runs with those counts are timed,
+    interleaved across methods (median of ``reps``; each operator is built inside its timed call).
+    Ratios are peer / ours."""
+    model, x, y = setup(name, trained=trained)
+    ref3, _ = reference_top_eigenvalues(model, x, y, k=3)
+    label = f"{name}-{'trained' if trained else 'init'}"
+    print(f"[{label}] peers; reference top-3 {np.round(ref3, 6).tolist()}", flush=True)
+    methods = ("ours", *peers)
+    out: dict = {"reference_top3": ref3.tolist()}
+    # Untimed: each method's step count to `rel` (its oracle stop); then the timed calls, interleaved
+    # (ours, peer 1, peer 2, ..., ours, ...) so that a change of load hits every method alike.
+    calls: dict[tuple[str, str], Any] = {}
+    steps: dict[tuple[str, str], int | None] = {}
+    for method in methods:
+        for k in (1, 3):
+            run = _top_k_runner(method, model, x, y, k, seed=0)
+            run(k + 1)  # warm-up
+            n = _steps_to(run, ref3[:k], rel, lo=k + 1, hi=max_steps)
+            steps[method, f"top{k}"] = n
+            if n is not None:
+                calls[method, f"top{k}"] = (lambda run=run, n=n: run(n))
+        calls[method, "trace"] = _trace_runner(method, model, x, y, probes, seed=0)
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+    results: dict[tuple[str, str], Any] = {}
+    for _ in range(reps):
+        for key, fn in calls.items():
+            with quiet_gc():
+                t0 = time.perf_counter()
+                results[key] = fn()
+                times[key].append(time.perf_counter() - t0)
+    for method in methods:
+        row: dict = {}
+        for k in (1, 3):
+            key = (method, f"top{k}")
+            if key not in calls:
+                row[f"top{k}"] = {"seconds": None, "steps": None, "hvps": None, "rel_err": None}
+                continue
+            vals, hvps = results[key]
+            err = float(np.max(np.abs(vals - ref3[:k]) / np.abs(ref3[:k])))
+            row[f"top{k}"] = {"seconds": statistics.median(times[key]), "steps": steps[key], "hvps": hvps,
+                              "rel_err": err}
+        est, se = results[method, "trace"]
+        row["trace"] = {"seconds": statistics.median(times[method, "trace"]), "probes": probes, "estimate": est,
+                        "stderr": se}
+        out[method] = row
+        print(f"  {method:20s} top1 {row['top1']['seconds']}s ({row['top1']['hvps']} HVPs), "
+              f"top3 {row['top3']['seconds']}s ({row['top3']['hvps']} HVPs), trace {row['trace']['seconds']:.3f}s "
+              f"= {est:.4g} ± {se if se is None else round(se, 3)}", flush=True)
+    for method in peers:
+        for key in ("top1", "top3", "trace"):
+            a, b = out[method][key]["seconds"], out["ours"][key]["seconds"]
+            out[method][f"ratio_{key}"] = (a / b) if a is not None and b else None
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=5)
@@ -353,16 +548,30 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--states", default="trained,init", help="trained and/or init (untrained) weights")
     parser.add_argument("--resnet18", action="store_true", help="also torchvision resnet18, batch 32x3x32x32 (slow)")
+    parser.add_argument("--peers", default=",".join(PEERS),
+                        help="maintained peers timed beside ours on the same cases (empty: none)")
+    parser.add_argument("--peer-reps", type=int, default=3)
+    parser.add_argument("--peer-probes", type=int, default=100, help="Hutchinson probes for the trace")
+    parser.add_argument("--peer-max-steps", type=int, default=256,
+                        help="steps (per eigenvalue) after which a method counts as not reaching 1%%")
+    parser.add_argument("--skip-pyhessian-detail", action="store_true",
+                        help="skip the detailed PyHessian comparison above and run only the peers' table")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    os.environ.setdefault("PRUNINGLAB_PROGRESS", "0")  # no bars inside timed calls
     warnings.filterwarnings("ignore", category=UserWarning)
     start_load = loadavg()
     print(f"loadavg at start: {start_load}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
     models = [m for m in args.models.split(",") if m]
     states = [s for s in args.states.split(",") if s]
-    results = {f"{m}-{s}": bench_case(m, s == "trained", args.reps) for m in models for s in states}
-    if args.resnet18:
+    results = {} if args.skip_pyhessian_detail else {
+        f"{m}-{s}": bench_case(m, s == "trained", args.reps) for m in models for s in states}
+    if args.resnet18 and not args.skip_pyhessian_detail:
         results["resnet18-init"] = bench_case("resnet18", False, args.reps)
+    peer_names = tuple(p for p in args.peers.split(",") if p)
+    peer_cases = {f"{m}-{s}": bench_peers(m, s == "trained", args.peer_reps, peers=peer_names,
+                                               probes=args.peer_probes, max_steps=args.peer_max_steps)
+                  for m in models for s in states} if peer_names else {}
     end_load = loadavg()
     print(f"loadavg at end: {end_load}", flush=True)
     if max(start_load[0], end_load[0]) > torch.get_num_threads():
@@ -378,6 +587,10 @@ def main(argv=None) -> int:
         "speedup_same_budget": {k: round(r["speedup_same_budget"], 3) for k, r in results.items()},
         "hvp_time_ratio": {k: round(r["hvp_time_ratio"], 3) for k, r in results.items()},
         "cases": results,
+        "peers": {p: {case: {key: (round(r[p][key], 3) if r[p][key] is not None else None)
+                             for key in ("ratio_top1", "ratio_top3", "ratio_trace")}
+                      for case, r in peer_cases.items()} for p in peer_names},
+        "peer_cases": peer_cases,
         "threads": torch.get_num_threads(),
         "loadavg_start": start_load,
         "loadavg_end": end_load,

@@ -11,8 +11,9 @@ the Hessian never needs to be formed: one Hessian-vector product (HVP) costs abo
 forward/backward passes over the data. ``params`` restricts the Hessian to a subset of the
 parameters (by name), which gives per-layer (diagonal-block) sharpness.
 
-* :func:`hvp_operator` — the HVP as a callable on flat vectors (double backward; with one batch, or
-  ``cache_graphs=True``, the first-order gradient graph of each batch is built once and reused);
+* :class:`HessianOperator` (:func:`hvp_operator` builds one) — the HVP as a callable on flat vectors
+  (double backward; with one batch, or ``cache_graphs=True``, the first-order gradient graph of each
+  batch is built once and reused), with the estimators below as methods on that one graph;
 * :func:`hessian_eigenvalues` — the ``k`` largest eigenvalues by Lanczos (default) or power iteration;
 * :func:`hessian_trace` — Hutchinson's estimator with its standard error;
 * :func:`hessian_spectrum` — stochastic Lanczos quadrature (SLQ) nodes and weights;
@@ -56,6 +57,9 @@ __all__ = [
     "exact_hessian",
     "exact_hessian_eigenvalues",
     "layerwise_sharpness",
+    "HessianBlock",
+    "hessian_parameters",
+    "NORM_LAYERS",
 ]
 
 
@@ -203,10 +207,141 @@ class _eval_mode:
 # --------------------------------------------------------------------------- Hessian-vector products
 
 
-class HessianOperator:
+class _Estimators:
+    """The estimators every Hessian operator offers (on itself): eigenvalues, trace, spectrum.
+
+    Subclasses provide ``dim``, ``device``, ``dtype``, ``names``, ``sizes``, ``shapes`` and ``__call__``.
+    """
+
+    dim: int
+    device: torch.device
+    dtype: torch.dtype
+    names: list[str]
+    sizes: list[int]
+    shapes: list[tuple[int, ...]]
+
+    def split(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """Views of a flat vector shaped like the chosen parameters."""
+        return [c.view(s) for c, s in zip(v.split(self.sizes), self.shapes)]
+
+    def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Concatenate per-parameter tensors into one flat vector (on the operator's device)."""
+        return torch.cat([t.reshape(-1).to(self.device, self.dtype) for t in tensors])
+
+    def random_vector(self, kind: str = "gaussian", generator: torch.Generator | None = None) -> torch.Tensor:
+        """A random flat vector (``"gaussian"`` or ``"rademacher"``), drawn on the CPU generator, then moved."""
+        if kind == "gaussian":
+            v = torch.randn(self.dim, generator=generator, dtype=torch.float64)
+        elif kind == "rademacher":
+            v = torch.randint(0, 2, (self.dim,), generator=generator).to(torch.float64).mul_(2).sub_(1)
+        else:
+            raise ValueError(f"kind: expected 'gaussian' or 'rademacher', got {kind!r}")
+        return v.to(self.device, self.dtype)
+
+    def eigenvalues(
+        self,
+        k: int = 1,
+        *,
+        method: str = "lanczos",
+        max_iter: int = 100,
+        tol: float = 1e-5,
+        generator: torch.Generator | None = None,
+        progress: bool | None = None,
+    ) -> torch.Tensor:
+        """The ``k`` largest (algebraic) eigenvalues, descending (float64, CPU); see :func:`hessian_eigenvalues`.
+
+        Warns (``RuntimeWarning``) when the tolerance is not reached within ``max_iter`` products.
+        """
+        values, converged = self._top_eigenvalues(k, method, max_iter, tol, generator, progress)
+        if not converged:
+            warnings.warn(
+                f"hessian_eigenvalues: {method} did not reach tol={tol:g} within max_iter={max_iter}; "
+                "the values are lower bounds that may be inaccurate (raise max_iter)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return values
+
+    def _top_eigenvalues(self, k, method, max_iter, tol, generator, progress) -> tuple[torch.Tensor, bool]:
+        k = _check_positive_int(k, "k")
+        max_iter = _check_positive_int(max_iter, "max_iter")
+        tol = _check_tol(tol)
+        if method not in ("lanczos", "power"):
+            raise ValueError(f"method: expected 'lanczos' or 'power', got {method!r}")
+        if k > self.dim:
+            raise ValueError(f"k: asked for {k} eigenvalues of a {self.dim}-dimensional Hessian")
+        if method == "lanczos":
+            if max_iter < k:
+                raise ValueError(f"max_iter: {max_iter} Lanczos steps cannot resolve k={k} eigenvalues")
+            res = lanczos(self, k, num_steps=max_iter, tol=tol, generator=generator, progress=progress)
+            return res.ritz_values[:k].clone(), res.converged
+        values, _, _, converged = power_iteration(self, k, max_iter=max_iter, tol=tol, generator=generator,
+                                                  progress=progress)
+        return values.clone(), converged
+
+    def trace(
+        self,
+        num_samples: int = 100,
+        *,
+        generator: torch.Generator | None = None,
+        progress: bool | None = None,
+    ) -> "TraceEstimate":
+        """Hutchinson's estimate of the trace (see :func:`hessian_trace`), with per-parameter traces.
+
+        The same Rademacher probes give each parameter's diagonal-block trace ``tr H_ll`` (the mean of
+        ``v_lᵀ (H v)_l``), stored in ``per_parameter`` as ``name -> (trace, stderr)``.
+        """
+        num_samples = _check_positive_int(num_samples, "num_samples")
+        from tqdm.auto import tqdm
+
+        rows = []
+        for _ in tqdm(range(num_samples), desc="Hutchinson", disable=not progress_enabled(progress), leave=False):
+            v = self.random_vector("rademacher", generator)
+            prod = v * self(v)
+            rows.append(torch.stack([c.sum() for c in prod.split(self.sizes)]))
+        parts = torch.stack(rows).to("cpu", torch.float64)  # num_samples × num_parameters, one host copy
+        samples = parts.sum(1)
+
+        def mean_se(x: torch.Tensor) -> tuple[float, float]:
+            se = float(x.std(unbiased=True) / math.sqrt(num_samples)) if num_samples > 1 else float("nan")
+            return float(x.mean()), se
+
+        per = {n: mean_se(parts[:, i]) for i, n in enumerate(self.names)}
+        mean, stderr = mean_se(samples)
+        return TraceEstimate(mean, stderr, num_samples, samples, per)
+
+    def spectrum(
+        self,
+        num_steps: int = 64,
+        num_probes: int = 1,
+        *,
+        generator: torch.Generator | None = None,
+        progress: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stochastic Lanczos quadrature ``(nodes, weights)``; see :func:`hessian_spectrum`."""
+        nodes, weights, _ = self._spectrum(num_steps, num_probes, generator, progress)
+        return nodes, weights
+
+    def _spectrum(self, num_steps, num_probes, generator, progress):
+        num_steps = _check_positive_int(num_steps, "num_steps")
+        num_probes = _check_positive_int(num_probes, "num_probes")
+        nodes, weights, runs = [], [], []
+        for _ in range(num_probes):
+            v = self.random_vector("rademacher", generator)
+            res = lanczos(self, 1, num_steps=num_steps, tol=None, v0=v, generator=generator,
+                          restart_on_breakdown=False, progress=progress)
+            nodes.append(res.ritz_values)
+            weights.append(res.weights / num_probes)
+            runs.append(res)
+        nodes_t, weights_t = torch.cat(nodes), torch.cat(weights)
+        order = torch.argsort(nodes_t)
+        return nodes_t[order], weights_t[order], runs
+
+
+class HessianOperator(_Estimators):
     """``v ↦ H v`` for the Hessian of the loss averaged over all batches of ``data``.
 
-    Defined in book/sharpness.md. Build it with :func:`hvp_operator`.
+    Defined in book/your_model.md. Build it with :func:`hvp_operator`.
 
     Vectors are flat tensors of length :attr:`dim` (the chosen parameters concatenated in the
     order of :attr:`names`) on :attr:`device` with :attr:`dtype`. Each call passes over all
@@ -214,6 +349,26 @@ class HessianOperator:
     every batch, the graph of the gradient (``create_graph=True``), and every call is then one
     extra backward pass per batch; the cache lives until :meth:`close` (or the ``with`` block ends).
     :attr:`num_hvp` counts the products computed.
+
+    Build it once and ask it several questions: :meth:`eigenvalues` (Lanczos or power iteration),
+    :meth:`trace` (Hutchinson, with per-parameter block traces), :meth:`spectrum` (stochastic
+    Lanczos quadrature), :meth:`layerwise` (per-layer sharpness) and :meth:`block` (a diagonal
+    block with the same estimators) all reuse the same cached graphs. The module functions
+    (:func:`hessian_eigenvalues`, ...) are thin wrappers that build one and close it.
+
+    Example
+    -------
+    >>> import torch, torch.nn.functional as F
+    >>> from pruninglab.sharpness import HessianOperator
+    >>> torch.manual_seed(0); model = torch.nn.Linear(4, 3)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    >>> with HessianOperator(model, F.cross_entropy, (x, y)) as op:
+    ...     top = op.eigenvalues(k=2)
+    ...     trace = op.trace(num_samples=20)
+    ...     nodes, weights = op.spectrum(num_steps=8)
+    >>> op.dim, top.shape, bool(top[0] >= top[1]), abs(float(weights.sum()) - 1) < 1e-9
+    (15, torch.Size([2]), True, True)
     """
 
     def __init__(
@@ -245,28 +400,10 @@ class HessianOperator:
         self.num_samples: int | None = None
         self._cache: list[tuple[list[torch.Tensor], list[int], int]] | None = None
 
-    # -- flat <-> per-parameter
-    def split(self, v: torch.Tensor) -> list[torch.Tensor]:
-        """Views of a flat vector shaped like the chosen parameters."""
-        return [c.view(s) for c, s in zip(v.split(self.sizes), self.shapes)]
-
-    def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Concatenate per-parameter tensors into one flat vector (on the operator's device)."""
-        return torch.cat([t.reshape(-1).to(self.device, self.dtype) for t in tensors])
-
+    # -- flat <-> per-parameter (split, flatten, random_vector: see _Estimators)
     def parameters_flat(self) -> torch.Tensor:
         """The current values of the chosen parameters as a flat vector."""
         return self.flatten([p.detach() for p in self.params])
-
-    def random_vector(self, kind: str = "gaussian", generator: torch.Generator | None = None) -> torch.Tensor:
-        """A random flat vector (``"gaussian"`` or ``"rademacher"``), drawn on the CPU generator, then moved."""
-        if kind == "gaussian":
-            v = torch.randn(self.dim, generator=generator, dtype=torch.float64)
-        elif kind == "rademacher":
-            v = torch.randint(0, 2, (self.dim,), generator=generator).to(torch.float64).mul_(2).sub_(1)
-        else:
-            raise ValueError(f"kind: expected 'gaussian' or 'rademacher', got {kind!r}")
-        return v.to(self.device, self.dtype)
 
     # -- the product
     def _batches(self) -> Iterator[tuple[Any, Any, int]]:
@@ -287,22 +424,19 @@ class HessianOperator:
         return [grads[i] for i in keep], keep
 
     def _accumulate(self, out: list[torch.Tensor], grads: list[torch.Tensor], keep: list[int],
-                    vs: list[torch.Tensor], weight: float, retain: bool) -> None:
-        if not grads:
+                    vs: list[torch.Tensor | None], wrt: list[int], weight: float, retain: bool) -> None:
+        pairs = [(g, vs[i]) for g, i in zip(grads, keep) if vs[i] is not None]
+        if not pairs:
             return
-        hv = torch.autograd.grad(grads, self.params, grad_outputs=[vs[i] for i in keep],
-                                 retain_graph=retain, allow_unused=True)
+        hv = torch.autograd.grad([g for g, _ in pairs], [self.params[i] for i in wrt],
+                                 grad_outputs=[v for _, v in pairs], retain_graph=retain, allow_unused=True)
         for o, h in zip(out, hv):
             if h is not None:
                 o.add_(h, alpha=weight)
 
-    @torch.enable_grad()
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        if not isinstance(v, torch.Tensor) or v.shape != (self.dim,):
-            raise ValueError(f"v: expected a flat tensor of shape ({self.dim},), got {getattr(v, 'shape', type(v))}")
-        v = v.to(self.device, self.dtype)
-        vs = self.split(v)
-        out = [torch.zeros(s, device=self.device, dtype=self.dtype) for s in self.shapes]
+    def _product(self, vs: list[torch.Tensor | None], wrt: list[int]) -> list[torch.Tensor]:
+        """``(H v)`` restricted to the parameters ``wrt``, for ``v`` given per parameter (``None`` = 0)."""
+        out = [torch.zeros(self.shapes[i], device=self.device, dtype=self.dtype) for i in wrt]
         total = 0
         with _eval_mode(self.model):
             if self.cache_graphs:
@@ -313,19 +447,38 @@ class HessianOperator:
                         cache.append((grads, keep, n))
                     self._cache = cache
                 for grads, keep, n in self._cache:
-                    self._accumulate(out, grads, keep, vs, float(n), retain=True)
+                    self._accumulate(out, grads, keep, vs, wrt, float(n), retain=True)
                     total += n
             else:
                 for inputs, targets, n in self._batches():
                     grads, keep = self._gradient_graph(inputs, targets)
-                    self._accumulate(out, grads, keep, vs, float(n), retain=False)
+                    self._accumulate(out, grads, keep, vs, wrt, float(n), retain=False)
                     total += n
         if total == 0:
             raise ValueError("data: yielded no samples")
         self.num_samples = total
         self.num_hvp += 1
-        flat = torch.cat([o.reshape(-1) for o in out])
-        return flat.div_(total)
+        return [o.div_(total) for o in out]
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if not isinstance(v, torch.Tensor) or v.shape != (self.dim,):
+            raise ValueError(f"v: expected a flat tensor of shape ({self.dim},), got {getattr(v, 'shape', type(v))}")
+        v = v.to(self.device, self.dtype)
+        out = self._product(list(self.split(v)), list(range(len(self.params))))
+        return torch.cat([o.reshape(-1) for o in out])
+
+    def block(self, names: Sequence[str]) -> "HessianBlock":
+        """The diagonal block of the Hessian over the parameters ``names`` (a subset of :attr:`names`).
+
+        The block shares this operator's cached gradient graphs; each of its products costs one
+        backward pass restricted to those parameters.
+        """
+        if isinstance(names, str):
+            names = [names]
+        missing = [n for n in names if n not in self.names]
+        if not names or missing:
+            raise ValueError(f"names: expected a non-empty subset of the operator's parameters, got {list(names)!r}")
+        return HessianBlock(self, [self.names.index(n) for n in names])
 
     def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
         """``H @ vectors`` for a ``(dim, m)`` matrix, column by column."""
@@ -341,6 +494,31 @@ class HessianOperator:
 
         return LinearOperator((self.dim, self.dim), matvec=mv, dtype=np.float64)
 
+    def layerwise(
+        self,
+        names: Sequence[str] | None = None,
+        *,
+        num_trace_samples: int = 50,
+        max_iter: int = 100,
+        tol: float = 1e-5,
+        generator: torch.Generator | None = None,
+        progress: bool | None = None,
+    ) -> list["LayerSharpness"]:
+        """Top eigenvalue and Hutchinson trace of each named parameter's diagonal block (default: all).
+
+        Every block reuses this operator's cached gradient graphs; see :func:`layerwise_sharpness`.
+        """
+        rows = []
+        for name in (self.names if names is None else names):
+            blk = self.block([name])
+            top, converged = blk._top_eigenvalues(1, "lanczos", max_iter, tol, generator, progress)
+            if not converged:
+                warnings.warn(f"layerwise_sharpness: Lanczos on {name!r} did not reach tol={tol:g} within "
+                              f"max_iter={max_iter}", RuntimeWarning, stacklevel=2)
+            tr = blk.trace(num_trace_samples, generator=generator, progress=progress)
+            rows.append(LayerSharpness(name, blk.dim, float(top[0]), tr.trace, tr.stderr))
+        return rows
+
     def close(self) -> None:
         """Free the cached gradient graphs."""
         self._cache = None
@@ -354,6 +532,36 @@ class HessianOperator:
     def __repr__(self) -> str:
         return (f"HessianOperator(dim={self.dim}, params={len(self.names)}, device={self.device}, "
                 f"cache_graphs={self.cache_graphs}, num_hvp={self.num_hvp})")
+
+
+class HessianBlock(_Estimators):
+    """A diagonal block ``H_ll`` of a :class:`HessianOperator` (built by :meth:`HessianOperator.block`).
+
+    Offers the same estimators (``eigenvalues``, ``trace``,
+    ``spectrum``) on flat vectors of the block's parameters; products go through the parent's
+    cached gradient graphs and are counted in the parent's :attr:`HessianOperator.num_hvp`.
+    """
+
+    def __init__(self, parent: HessianOperator, indices: list[int]):
+        self.parent = parent
+        self.indices = list(indices)
+        self.names = [parent.names[i] for i in self.indices]
+        self.shapes = [parent.shapes[i] for i in self.indices]
+        self.sizes = [parent.sizes[i] for i in self.indices]
+        self.dim = sum(self.sizes)
+        self.device, self.dtype = parent.device, parent.dtype
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        if not isinstance(v, torch.Tensor) or v.shape != (self.dim,):
+            raise ValueError(f"v: expected a flat tensor of shape ({self.dim},), got {getattr(v, 'shape', type(v))}")
+        vs: list[torch.Tensor | None] = [None] * len(self.parent.params)
+        for i, part in zip(self.indices, self.split(v.to(self.device, self.dtype))):
+            vs[i] = part
+        out = self.parent._product(vs, self.indices)
+        return torch.cat([o.reshape(-1) for o in out])
+
+    def __repr__(self) -> str:
+        return f"HessianBlock(names={self.names}, dim={self.dim})"
 
 
 def hvp_operator(
@@ -384,8 +592,6 @@ def hvp_operator(
 @dataclass
 class LanczosResult:
     """Output of :func:`lanczos`.
-
-    Defined in book/sharpness.md.
 
     ``ritz_values`` are all Ritz values of the final tridiagonal matrix, descending, with their
     residual norms ``residuals`` (``‖H y − θ y‖`` for the Ritz vector ``y``, an upper bound on the
@@ -453,7 +659,7 @@ def lanczos(
     if m < k:
         raise ValueError(f"num_steps: {num_steps} steps cannot resolve k={k} eigenvalues; use num_steps >= k")
     if v0 is None:
-        if isinstance(op, HessianOperator):
+        if hasattr(op, "random_vector"):
             v0 = op.random_vector("gaussian", generator)
         else:
             raise ValueError("v0: a start vector is needed when op is a plain callable")
@@ -582,7 +788,7 @@ def power_iteration(
     bar = tqdm(total=k * max_iter, desc="power iteration", disable=not progress_enabled(progress), leave=False)
 
     def start() -> torch.Tensor:
-        if isinstance(op, HessianOperator):
+        if hasattr(op, "random_vector"):
             v = op.random_vector("gaussian", generator)
         else:
             v = torch.randn(n, generator=generator, dtype=torch.float64)
@@ -654,23 +860,21 @@ def hessian_eigenvalues(
     eigenvalue, stopping when ``‖Hv − λv‖ ≤ tol·|λ|``. A warning is issued if the tolerance is
     not reached. ``data``, ``params``, ``device`` and ``cache_graphs`` are as in :func:`hvp_operator`;
     ``generator`` (a CPU ``torch.Generator``) makes the random start reproducible.
+
+    Example
+    -------
+    >>> import torch, torch.nn.functional as F
+    >>> import pruninglab as pl
+    >>> torch.manual_seed(0); model = torch.nn.Linear(5, 3)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> data = (torch.randn(40, 5), torch.randint(0, 3, (40,)))
+    >>> top = pl.hessian_eigenvalues(model, F.cross_entropy, data, k=2)
+    >>> exact = pl.exact_hessian_eigenvalues(model, F.cross_entropy, data, k=2)
+    >>> torch.allclose(top, exact, rtol=1e-4)
+    True
     """
-    k = _check_positive_int(k, "k")
-    max_iter = _check_positive_int(max_iter, "max_iter")
-    tol = _check_tol(tol)
-    if method not in ("lanczos", "power"):
-        raise ValueError(f"method: expected 'lanczos' or 'power', got {method!r}")
     with hvp_operator(model, loss_fn, data, params, device=device, cache_graphs=cache_graphs) as op:
-        if k > op.dim:
-            raise ValueError(f"k: asked for {k} eigenvalues of a {op.dim}-dimensional Hessian")
-        if method == "lanczos":
-            if max_iter < k:
-                raise ValueError(f"max_iter: {max_iter} Lanczos steps cannot resolve k={k} eigenvalues")
-            res = lanczos(op, k, num_steps=max_iter, tol=tol, generator=generator, progress=progress)
-            converged, values = res.converged, res.ritz_values[:k]
-        else:
-            values, _, _, converged = power_iteration(op, k, max_iter=max_iter, tol=tol, generator=generator,
-                                                      progress=progress)
+        values, converged = op._top_eigenvalues(k, method, max_iter, tol, generator, progress)
     if not converged:
         warnings.warn(
             f"hessian_eigenvalues: {method} did not reach tol={tol:g} within max_iter={max_iter}; "
@@ -678,7 +882,7 @@ def hessian_eigenvalues(
             RuntimeWarning,
             stacklevel=2,
         )
-    return values.clone()
+    return values
 
 
 # --------------------------------------------------------------------------- trace and spectral density
@@ -688,14 +892,16 @@ def hessian_eigenvalues(
 class TraceEstimate:
     """Hutchinson's trace estimate: ``trace`` (the sample mean of ``vᵀHv``) and its standard error.
 
-    Defined in book/sharpness.md. Unpacks as ``trace, stderr = hessian_trace(...)``; ``samples``
-    holds every ``vᵀHv``.
+    Unpacks as ``trace, stderr = hessian_trace(...)``; ``samples``
+    holds every ``vᵀHv``; ``per_parameter`` maps each parameter name to its diagonal block's
+    ``(trace, stderr)`` from the same probes.
     """
 
     trace: float
     stderr: float
     num_samples: int
     samples: torch.Tensor
+    per_parameter: dict[str, tuple[float, float]] | None = None
 
     def __iter__(self):
         yield self.trace
@@ -721,19 +927,23 @@ def hessian_trace(
     ``E[vᵀHv] = tr H`` for any ``v`` with independent ±1 entries; the standard error is the
     sample standard deviation over ``√num_samples`` (its variance is ``2 Σ_{i≠j} H_ij²``, so it
     is small when ``H`` is nearly diagonal). Always runs all ``num_samples`` probes.
+
+
+    Example
+    -------
+    >>> import torch, torch.nn.functional as F
+    >>> import pruninglab as pl
+    >>> torch.manual_seed(0); model = torch.nn.Linear(5, 3)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> data = (torch.randn(40, 5), torch.randint(0, 3, (40,)))
+    >>> trace, stderr = pl.hessian_trace(model, F.cross_entropy, data, num_samples=200)
+    >>> exact = float(pl.exact_hessian(model, F.cross_entropy, data).trace())
+    >>> abs(trace - exact) < 5 * stderr
+    True
     """
     num_samples = _check_positive_int(num_samples, "num_samples")
-    from tqdm.auto import tqdm
-
     with hvp_operator(model, loss_fn, data, params, device=device, cache_graphs=cache_graphs) as op:
-        vals = []
-        for _ in tqdm(range(num_samples), desc="Hutchinson", disable=not progress_enabled(progress), leave=False):
-            v = op.random_vector("rademacher", generator)
-            vals.append(torch.dot(v, op(v)))
-        samples = torch.stack(vals).to("cpu", torch.float64)
-    mean = float(samples.mean())
-    stderr = float(samples.std(unbiased=True) / math.sqrt(num_samples)) if num_samples > 1 else float("nan")
-    return TraceEstimate(mean, stderr, num_samples, samples)
+        return op.trace(num_samples, generator=generator, progress=progress)
 
 
 def hessian_spectrum(
@@ -760,20 +970,24 @@ def hessian_spectrum(
     sum to 1 (multiply by ``D = dim`` for traces). A probe whose Krylov space becomes invariant
     stops early (its quadrature is then exact). Returns float64 CPU tensors sorted by node.
     Use :func:`spectral_average` for quantities and :func:`spectral_density` only to plot.
+
+
+    Example
+    -------
+    >>> import torch, torch.nn.functional as F
+    >>> import pruninglab as pl
+    >>> torch.manual_seed(0); model = torch.nn.Linear(5, 3)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> data = (torch.randn(40, 5), torch.randint(0, 3, (40,)))
+    >>> nodes, weights = pl.hessian_spectrum(model, F.cross_entropy, data, num_steps=18)
+    >>> round(float(weights.sum()), 6), bool(nodes.max() <= pl.hessian_eigenvalues(
+    ...     model, F.cross_entropy, data)[0] + 1e-6)
+    (1.0, True)
     """
     num_steps = _check_positive_int(num_steps, "num_steps")
     num_probes = _check_positive_int(num_probes, "num_probes")
-    nodes, weights = [], []
     with hvp_operator(model, loss_fn, data, params, device=device, cache_graphs=cache_graphs) as op:
-        for _ in range(num_probes):
-            v = op.random_vector("rademacher", generator)
-            res = lanczos(op, 1, num_steps=num_steps, tol=None, v0=v, generator=generator,
-                          restart_on_breakdown=False, progress=progress)
-            nodes.append(res.ritz_values)
-            weights.append(res.weights / num_probes)
-    nodes_t, weights_t = torch.cat(nodes), torch.cat(weights)
-    order = torch.argsort(nodes_t)
-    return nodes_t[order], weights_t[order]
+        return op.spectrum(num_steps, num_probes, generator=generator, progress=progress)
 
 
 def spectral_average(nodes: torch.Tensor, weights: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> float:
@@ -925,7 +1139,7 @@ def exact_hessian_eigenvalues(
 ) -> torch.Tensor:
     """All (or the ``k`` largest) eigenvalues of :func:`exact_hessian`, descending, float64 on the CPU.
 
-    Defined in book/sharpness.md. ``kwargs`` go to :func:`exact_hessian` (``dtype``, ``device``, ...).
+    Defined in book/limit_experiments.md. ``kwargs`` go to :func:`exact_hessian` (``dtype``, ``device``, ...).
     """
     h = exact_hessian(model, loss_fn, data, params, **kwargs)
     vals = torch.linalg.eigvalsh(h.to(torch.float64)).flip(0).cpu()
@@ -942,7 +1156,7 @@ def exact_hessian_eigenvalues(
 
 @dataclass
 class LayerSharpness:
-    """Sharpness of one parameter's diagonal Hessian block. Defined in book/sharpness.md."""
+    """Sharpness of one parameter's diagonal Hessian block."""
 
     name: str
     numel: int
@@ -972,16 +1186,46 @@ def layerwise_sharpness(
     ``params`` defaults to the prunable weights (conv/linear, see
     :func:`pruninglab.masks.prunable_parameters`). Each block ``∂²L/∂w_l²`` ignores the coupling
     between layers, so the blocks' traces add up to the full trace but their top eigenvalues do not.
+
+
+    Example
+    -------
+    >>> import torch, torch.nn.functional as F
+    >>> import pruninglab as pl
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    >>> data = (torch.randn(40, 5), torch.randint(0, 3, (40,)))
+    >>> rows = pl.layerwise_sharpness(model, F.cross_entropy, data, num_trace_samples=10)
+    >>> [(r.name, r.numel) for r in rows], all(r.top_eigenvalue > 0 for r in rows)
+    ([('0.weight', 20), ('2.weight', 12)], True)
     """
     if params is None:
         from .masks import prunable_parameters
 
         params = list(prunable_parameters(model))
-    rows = []
-    for name in params:
-        kw = dict(params=[name], device=device, progress=progress, generator=generator, cache_graphs=cache_graphs)
-        top = hessian_eigenvalues(model, loss_fn, data, k=1, max_iter=max_iter, tol=tol, **kw)
-        tr = hessian_trace(model, loss_fn, data, num_samples=num_trace_samples, **kw)
-        numel = dict(model.named_parameters())[name].numel()
-        rows.append(LayerSharpness(name, numel, float(top[0]), tr.trace, tr.stderr))
-    return rows
+    with hvp_operator(model, loss_fn, data, params, device=device, cache_graphs=cache_graphs) as op:
+        return op.layerwise(num_trace_samples=num_trace_samples, max_iter=max_iter, tol=tol,
+                            generator=generator, progress=progress)
+
+
+#: Layer types whose parameters the paper's Hessian leaves out (normalisation layers).
+NORM_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+)
+
+
+def hessian_parameters(model: nn.Module) -> list[str]:
+    """The parameters the pruning-limit Hessian is taken over: all that require grad except normalisation layers'.
+
+    Defined in book/your_model.md. Biases are included (as in the paper's code), so this ``D``
+    exceeds the number of prunable weights ``D_w``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    skip = set()
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, NORM_LAYERS):
+            prefix = f"{mod_name}." if mod_name else ""
+            skip.update(prefix + n for n, _ in mod.named_parameters(recurse=False))
+    return [n for n, p in model.named_parameters() if p.requires_grad and n not in skip]

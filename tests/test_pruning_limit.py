@@ -234,7 +234,8 @@ def test_actual_limit_finds_a_threshold_and_restores_weights():
     net = small_net()
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     cliff = 0.437
-    res = actual_pruning_limit(net, lambda m: 1.0 if _sparsity(m) <= cliff else 0.0, grid=10, resolution=1e-3)
+    res = actual_pruning_limit(net, lambda m: 1.0 if _sparsity(m) <= cliff else 0.0, rule="at_least_bisect",
+                               grid=10, resolution=1e-3)
     # Whole weights are removed (45 here): 19/45 = 0.422 is good, 20/45 = 0.444 is bad.
     assert res.removed == pytest.approx(19 / 45)
     assert res.bracket == pytest.approx((19 / 45, 20 / 45))
@@ -252,8 +253,9 @@ def test_actual_limit_takes_the_largest_good_grid_point_and_rules():
         s = _sparsity(m)
         return 1.0 if s <= 0.3 or 0.5 < s <= 0.7 else 0.0
 
-    res = actual_pruning_limit(net, score, grid=10, resolution=1e-3)
-    assert res.removed == pytest.approx(31 / 45)  # 31/45 = 0.689 <= 0.7 < 32/45
+    res = actual_pruning_limit(net, score, rule="at_least_bisect", grid=10, resolution=1e-3)
+    assert res.removed == pytest.approx(31 / 45)
+    assert actual_pruning_limit(net, score, rule=">=", grid=10).removed == res.removed  # the older name  # 31/45 = 0.689 <= 0.7 < 32/45
     # Strict rule with zero tolerance: equal-to-dense is not good, so nothing is removable here...
     strict = actual_pruning_limit(net, score, rule=">", grid=10)
     assert strict.removed == 0.0
@@ -261,14 +263,49 @@ def test_actual_limit_takes_the_largest_good_grid_point_and_rules():
     tol = actual_pruning_limit(net, lambda m: 1.0 - _sparsity(m), rule=">", tolerance=0.25, grid=10)
     assert tol.removed == pytest.approx(11 / 45)  # 1 - 11/45 > 0.75 >= 1 - 12/45
     # A loss (lower is better).
-    loss = actual_pruning_limit(net, lambda m: _sparsity(m), higher_is_better=False, tolerance=0.5, grid=10)
+    loss = actual_pruning_limit(net, lambda m: _sparsity(m), rule=">=", higher_is_better=False, tolerance=0.5,
+                                grid=10)
     assert loss.removed == pytest.approx(22 / 45)  # 22/45 <= 0.5 < 23/45
+
+
+def test_strict_rule_scans_the_whole_grid_and_needs_a_score_above_dense():
+    net = small_net()  # 45 prunable weights
+    # Above dense in a window far to the right that a coarse grid plus bisection would skip:
+    # bad on (0.1, 0.8], above dense (1.5 > 1.0) on (0.8, 0.85], bad after.
+    def score(m):
+        s = _sparsity(m)
+        return 1.0 if s == 0 else (1.5 if 0.8 < s <= 0.85 else (1.0 if s <= 0.1 else 0.0))
+
+    res = actual_pruning_limit(net, score, rule="strict", grid_step=0.001)
+    assert res.rule == "strict" and res.grid_step == 0.001
+    assert res.removed == pytest.approx(38 / 45)  # 38/45 = 0.844 <= 0.85 < 39/45
+    assert res.bracket == pytest.approx((38 / 45, 39 / 45))
+    assert res.score == 1.5
+    # The 999 grid points collapse to the 45 distinct weight counts (+ the dense evaluation).
+    assert len(res.evaluations) == 46
+    # Equal to dense is not good under the strict rule: a flat score gives 0.
+    assert actual_pruning_limit(net, lambda m: 1.0, grid_step=0.01).removed == 0.0
+    # The bisection rule stops at the first bad point after its last good grid point: it misses the window.
+    assert actual_pruning_limit(net, score, rule="at_least_bisect", grid=10).removed < 0.2
+    # Explicit fractions and an evaluation budget.
+    few = actual_pruning_limit(net, score, fractions=[0.2, 0.5, 0.84, 0.9])
+    assert few.removed == pytest.approx(38 / 45) and len(few.evaluations) == 5
+    capped = actual_pruning_limit(net, score, grid_step=0.001, max_evaluations=19)
+    assert capped.grid_step == pytest.approx(0.05) and len(capped.evaluations) <= 20
+    # The thinned grid (step 0.05) lands on 36/45 = 0.8 and 39/45 = 0.867, both outside the window.
+    assert capped.removed == 0.0
 
 
 def test_actual_limit_bad_input():
     net = small_net()
     with pytest.raises(ValueError, match="rule"):
         actual_pruning_limit(net, lambda m: 1.0, rule="=")
+    with pytest.raises(ValueError, match="grid_step"):
+        actual_pruning_limit(net, lambda m: 1.0, grid_step=0)
+    with pytest.raises(ValueError, match="fractions"):
+        actual_pruning_limit(net, lambda m: 1.0, fractions=[0.5, 1.5])
+    with pytest.raises(ValueError, match="max_evaluations"):
+        actual_pruning_limit(net, lambda m: 1.0, max_evaluations=1)
     with pytest.raises(ValueError, match="grid"):
         actual_pruning_limit(net, lambda m: 1.0, grid=1)
     with pytest.raises(ValueError, match="resolution"):

@@ -325,3 +325,59 @@ def test_cuda_matches_cpu():
     h = exact_hessian(model.cuda(), F.cross_entropy, [(x, y)])
     assert h.device.type == "cuda"
     assert math.isfinite(hessian_trace(model, F.cross_entropy, [(x, y)], num_samples=4).trace)
+
+
+# --------------------------------------------------------------------------- one operator, several estimators
+
+
+def test_one_operator_answers_every_question_on_one_cached_graph():
+    from pruninglab.sharpness import HessianOperator
+
+    model = tiny_mlp()
+    x, y = tiny_data()
+    full = exact_hessian(model, F.cross_entropy, [(x, y)])
+    exact = torch.linalg.eigvalsh(full).flip(0)
+    with HessianOperator(model, F.cross_entropy, (x, y)) as op:
+        assert op.cache_graphs
+        top = op.eigenvalues(k=2, generator=torch.Generator().manual_seed(0))
+        graph = op._cache
+        tr = op.trace(300, generator=torch.Generator().manual_seed(1))
+        nodes, weights = op.spectrum(num_steps=op.dim)
+        rows = op.layerwise(num_trace_samples=50, generator=torch.Generator().manual_seed(2))
+        assert op._cache is graph  # built once, reused by every estimator
+        assert op.num_hvp > 300
+    torch.testing.assert_close(top, exact[:2], rtol=1e-4, atol=1e-8)
+    assert abs(tr.trace - float(full.trace())) < 5 * tr.stderr
+    # Per-parameter traces from the same probes add up to the full estimate.
+    assert sum(t for t, _ in tr.per_parameter.values()) == pytest.approx(tr.trace, rel=1e-9, abs=1e-9)
+    # A full-length quadrature puts its nodes on eigenvalues: its largest node is the top eigenvalue.
+    assert float(nodes.max()) == pytest.approx(float(exact[0]), rel=1e-4)
+    assert float(weights.sum()) == pytest.approx(1.0)
+    assert [r.name for r in rows] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    # The module functions are the same computation.
+    same = hessian_eigenvalues(model, F.cross_entropy, [(x, y)], k=2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(same, top)
+
+
+def test_block_is_the_diagonal_block_of_the_full_operator():
+    from pruninglab.sharpness import HessianOperator
+
+    model = tiny_mlp()
+    x, y = tiny_data()
+    full = exact_hessian(model, F.cross_entropy, [(x, y)])
+    with HessianOperator(model, F.cross_entropy, [(x, y)]) as op:
+        blk = op.block(["2.weight", "2.bias"])
+        v = torch.randn(blk.dim, generator=torch.Generator().manual_seed(0))
+        sl = slice(42, 66)
+        torch.testing.assert_close(blk(v).double(), full[sl, sl] @ v.double(), rtol=1e-4, atol=1e-6)
+        top = blk.eigenvalues(k=1)
+        with pytest.raises(ValueError, match="names"):
+            op.block(["nope"])
+    assert float(top[0]) == pytest.approx(float(torch.linalg.eigvalsh(full[sl, sl])[-1]), rel=1e-4)
+
+
+def test_hessian_parameters_leave_out_normalisation_layers():
+    from pruninglab.sharpness import hessian_parameters
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.LayerNorm(8), nn.Linear(8, 2))
+    assert hessian_parameters(net) == ["0.weight", "0.bias", "4.weight", "4.bias"]

@@ -88,8 +88,6 @@ def _check_sizes_group(num_groups, active_groups, group_size) -> tuple[int, int,
 def chi_tail_moments(tau: float, dof: int) -> tuple[float, float]:
     """``(E(R - tau)_+, E(R - tau)_+^2)`` for ``R`` chi-distributed with ``dof`` degrees of freedom.
 
-    Defined in book/convex_geometry.md.
-
     ``R = ||g||`` for ``g ~ N(0, I_dof)``. With ``Q(a, x)`` the regularised upper incomplete gamma
     function and ``t = tau^2 / 2``:
     ``E[R^2; R > tau] = dof * Q(dof/2 + 1, t)``, ``E[R; R > tau] = sqrt(2) Gamma((dof+1)/2) /
@@ -125,7 +123,6 @@ def _tau_derivative(tau: float, num_groups: int, active: int, group_size: int) -
 def optimal_tau_group_l1(num_groups: int, active_groups: int, group_size: int) -> float:
     """The minimising ``tau`` of the group-l1 tau-formula (``inf`` when ``active_groups = 0``).
 
-    Defined in book/convex_geometry.md.
     """
     num_groups, active, b = _check_sizes_group(num_groups, active_groups, group_size)
     if active == 0:
@@ -166,8 +163,6 @@ def statistical_dimension_group_l1(num_groups: int, active_groups: int, group_si
 def optimal_tau_l1(d: int, s: int) -> float:
     """The minimising ``tau`` of the l1 tau-formula (``inf`` when ``s = 0``).
 
-    Defined in book/convex_geometry.md.
-
     It solves ``s / (d - s) = sqrt(2/pi) e^{-tau^2/2} / tau - erfc(tau / sqrt 2)``.
     """
     d, s = _check_sizes_l1(d, s)
@@ -184,6 +179,15 @@ def statistical_dimension_l1(d: int, s: int) -> float:
     minimum found to machine precision. ALMT: ``d psi(s/d) - 2 sqrt(d/s) <= delta <= d psi(s/d)``;
     :func:`statistical_dimension_l1_mc` estimates the exact value. Values: (100, 10) -> 32.88,
     (100, 20) -> 51.11.
+
+
+    Example
+    -------
+    >>> import pruninglab as pl
+    >>> round(pl.statistical_dimension_l1(100, 10), 2)
+    32.88
+    >>> pl.statistical_dimension_l1(100, 0) < pl.statistical_dimension_l1(100, 10) < 100
+    True
     """
     d, s = _check_sizes_l1(d, s)
     return statistical_dimension_group_l1(d, s, 1)
@@ -203,7 +207,6 @@ def l1_error_bound(d: int, s: int) -> float:
 def statistical_dimension_subspace(d: int, k: int) -> float:
     """Exact statistical dimension of a k-dimensional subspace of R^d: ``k``.
 
-    Defined in book/convex_geometry.md.
     """
     d = _check_int("d", d, 1)
     k = _check_int("k", k, 0)
@@ -226,8 +229,6 @@ def statistical_dimension_orthant(d: int) -> float:
 
 def project_group_l1_descent_cone(g: torch.Tensor, x: torch.Tensor, group_size: int = 1) -> torch.Tensor:
     """Project each row of ``g`` onto the descent cone of the group-l1 norm at ``x``.
-
-    Defined in book/convex_geometry.md.
 
     ``g``: ``(n, d)`` (or ``(d,)``); ``x``: ``(d,)`` or ``(n, d)``, not all zero; groups are consecutive
     blocks of ``group_size`` coordinates (``d`` must be a multiple). Returns ``Pi_C(g)`` of ``g``'s shape.
@@ -295,7 +296,6 @@ def project_l1_descent_cone(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def project_subspace(g: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """Project each row of ``g`` (``(n, d)``) onto the span of the columns of ``basis`` (``(d, k)``).
 
-    Defined in book/convex_geometry.md.
     """
     if basis.dim() != 2 or basis.shape[0] != g.shape[-1]:
         raise ValueError(f"basis: expected shape ({g.shape[-1]}, k), got {tuple(basis.shape)}")
@@ -306,7 +306,6 @@ def project_subspace(g: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 def project_orthant(g: torch.Tensor) -> torch.Tensor:
     """Project onto the nonnegative orthant: ``max(g, 0)``.
 
-    Defined in book/convex_geometry.md.
     """
     return g.clamp_min(0.0)
 
@@ -318,7 +317,6 @@ def project_orthant(g: torch.Tensor) -> torch.Tensor:
 class MonteCarloEstimate:
     """A Monte-Carlo mean with its standard error (``mean +- stderr``) over ``num_samples`` draws.
 
-    Defined in book/convex_geometry.md.
     """
 
     mean: float

@@ -127,7 +127,6 @@ def mask_penalty_by_minimisation(kind: str, a: float) -> tuple[float, float]:
 class Penalty:
     """A strictly increasing penalty ``q`` on $[0,\\infty)$ with its inverse and both derivatives.
 
-    Defined in book/sapp_theory.md.
     """
 
     name: str
@@ -178,7 +177,6 @@ def subadditivity_gap(q: Callable, xs) -> tuple[float, float, float]:
 def contiguous_groups(sizes: Sequence[int]) -> tuple[np.ndarray, ...]:
     """Index arrays of consecutive groups with the given sizes.
 
-    Defined in book/sapp_theory.md.
     """
     if len(sizes) == 0 or any((not isinstance(s, (int, np.integer))) or s < 1 for s in sizes):
         raise ValueError(f"sizes: expected a non-empty list of positive group sizes, got {sizes!r}")
@@ -190,7 +188,6 @@ def contiguous_groups(sizes: Sequence[int]) -> tuple[np.ndarray, ...]:
 class GroupLeastSquares:
     """$\\mathcal L(\\beta)=\\frac{1}{2n}\\lVert X\\beta-y\\rVert^2+\\frac{\\rho}{2}\\lVert\\beta\\rVert^2$ with groups.
 
-    Defined in book/sapp_theory.md.
     """
 
     X: np.ndarray
@@ -482,8 +479,6 @@ def local_solve_penalized(
 ) -> tuple[np.ndarray, float]:
     """A local minimiser of (1) from ``beta0``: L-BFGS, then zeroing groups where that lowers (1).
 
-    Defined in book/sapp_theory.md.
-
     ``groups`` restricts the search to those groups (the others stay 0). The penalty is not smooth
     where a group is zero, and L-BFGS only approaches such points, so afterwards the smallest group
     whose exact zeroing does not increase the objective is set to 0 and L-BFGS is rerun on the
@@ -632,7 +627,6 @@ def grid_search_penalized(
 def restricted_minimiser(problem: GroupLeastSquares, groups: Sequence[int]) -> np.ndarray:
     """$\\arg\\min \\mathcal L$ over $\\beta$ supported on ``groups`` (no penalty), in closed form.
 
-    Defined in book/sapp_theory.md.
     """
     beta = np.zeros(problem.dim)
     if len(groups) == 0:
@@ -647,7 +641,6 @@ def restricted_minimiser(problem: GroupLeastSquares, groups: Sequence[int]) -> n
 class OMPRResult:
     """Output of :func:`ompr`: the final and the best support, and the loss after each round.
 
-    Defined in book/sapp_theory.md.
     """
 
     support: tuple[int, ...]

@@ -67,7 +67,6 @@ class RecoveryProblems:
     """A batch of recovery problems ``A x = b`` with planted solutions ``x0`` (``b = A x0``).
 
     ``A``: ``(B, m, d)``, ``b``: ``(B, m)``, ``x0``: ``(B, d)``, ``k``: ``(B,)`` number of nonzero groups.
-    Defined in book/convex_geometry.md.
     """
 
     A: torch.Tensor
@@ -174,7 +173,6 @@ def _check_system(A: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
 class BatchedSolution:
     """Solutions of a batch: ``x`` ``(B, d)``, ``converged`` ``(B,)`` bool, ``iterations`` ``(B,)``.
 
-    Defined in book/convex_geometry.md.
     """
 
     x: torch.Tensor
@@ -185,7 +183,6 @@ class BatchedSolution:
 def relative_error(x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """``||x - x0|| / max(||x0||, tiny)`` row by row.
 
-    Defined in book/convex_geometry.md.
     """
     x0 = x0.to(device=x.device, dtype=x.dtype)
     return (x - x0).norm(dim=-1) / x0.norm(dim=-1).clamp_min(torch.finfo(x.dtype).tiny)
@@ -699,7 +696,6 @@ def solve_l1_cvxpy(A, b, *, solver: str = "CLARABEL", **solver_options):
 def solve_group_l1_cvxpy(A, b, group_size: int, *, solver: str = "CLARABEL", **solver_options):
     """Reference: ``min sum_g ||x_g||_2 s.t. A x = b`` with cvxpy (groups of ``group_size`` consecutive entries).
 
-    Defined in book/convex_geometry.md.
     """
     import cvxpy as cp
 

@@ -149,7 +149,7 @@ def _check_fraction(p: Any, name: str, upper_inclusive: bool = False) -> float:
 class WidthSpectrum:
     """The Hessian spectrum as ``G`` sees it: ``|lambda|`` nodes with weights, plus a mass at exactly zero.
 
-    Defined in book/pruning_limit.md. ``G(R) = zero_mass + sum_j weight_j * 2 eps / (2 eps + node_j R^2)``;
+    ``G(R) = zero_mass + sum_j weight_j * 2 eps / (2 eps + node_j R^2)``;
     the weights and ``zero_mass`` sum to 1 (a probability distribution over the ``D`` eigenvalues).
     """
 
@@ -289,7 +289,7 @@ def _check_epsilon(epsilon: Any) -> float:
 class PredictedLimit:
     """The predicted pruning limit and the quantities at the fixed point.
 
-    Defined in book/pruning_limit.md. ``removed`` is the fraction of prunable weights removed
+    ``removed`` is the fraction of prunable weights removed
     (``float(result)`` gives it); ``kept = 1 - removed``.
     """
 
@@ -339,6 +339,19 @@ def predicted_pruning_limit(
     so the crossing is unique and bisection on [0, 1] finds it to ``tol``. Because ``R`` is a step
     function of ``p`` (whole weights are removed), the answer is ``sup{p : G(R(p)) >= p}``.
     ``offset`` solves ``p = G(R(p)) + offset`` instead (see :func:`kinematic_band`).
+
+
+    Example
+    -------
+    >>> import torch
+    >>> from pruninglab.limits.pruning_limit import predicted_pruning_limit
+    >>> weights = torch.linspace(-1, 1, 101)           # the trained weights, flattened
+    >>> eigenvalues = torch.full((101,), 2.0)          # a flat-ish spectrum, one eigenvalue per weight
+    >>> pred = predicted_pruning_limit(weights, eigenvalues, epsilon=0.05)
+    >>> p = pred.removed; 0 < p < 1
+    True
+    >>> abs(p - 0.1 / (0.1 + 2.0 * pred.radius ** 2)) < 1e-3  # p* = G(R(p*)) with G = 2e/(2e + lambda R^2)
+    True
     """
     eps = _check_epsilon(epsilon)
     if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not 0 < tol < 0.1:
@@ -444,8 +457,9 @@ def loss_noise_epsilon(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     data: Iterable,
     *,
-    dev: torch.device | str | None = None,
+    device: torch.device | str | None = None,
     correction: int = 0,
+    dev: torch.device | str | None = None,
 ) -> float:
     """The loss tolerance ``epsilon``: the standard deviation of the per-minibatch training loss at ``w*``.
 
@@ -455,13 +469,31 @@ def loss_noise_epsilon(
     loader, batch 128); the model is evaluated in eval mode, without gradients. ``correction=0`` is
     the population standard deviation, ``1`` the sample one. The paper's code adds the l1 term to
     each loss; at fixed ``w*`` that is the same constant for every batch and does not change the
-    standard deviation, so it is left out here.
+    standard deviation, so it is left out here. ``device`` is where the batches are moved (default:
+    the model's; ``dev`` is an older spelling of the same keyword).
+
+
+    Example
+    -------
+    >>> import torch, torch.nn.functional as F
+    >>> from pruninglab.limits.pruning_limit import loss_noise_epsilon
+    >>> torch.manual_seed(0); model = torch.nn.Linear(4, 2)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    >>> batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    >>> eps = loss_noise_epsilon(model, F.cross_entropy, batches)
+    >>> losses = torch.stack([F.cross_entropy(model(a), b) for a, b in batches]).detach()
+    >>> abs(eps - float(losses.std(correction=0))) < 1e-6
+    True
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if correction not in (0, 1):
         raise ValueError(f"correction: expected 0 (population) or 1 (sample), got {correction!r}")
-    dev = torch.device(dev) if dev is not None else next(model.parameters()).device
+    if dev is not None and device is not None:
+        raise ValueError("dev: is the older name of device; pass only device")
+    device = device if device is not None else dev
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
     was = model.training
     model.eval()
     losses = []
@@ -481,14 +513,19 @@ def loss_noise_epsilon(
 # --------------------------------------------------------------------------- the actual limit
 
 
+#: The named rules for the actual limit (``rule=`` of :func:`actual_pruning_limit`).
+ACTUAL_LIMIT_RULES = ("strict", "at_least_bisect", ">=", ">")
+
+
 @dataclass
 class ActualLimit:
     """The measured pruning limit and how it was found.
 
-    Defined in book/limit_experiments.md. ``removed`` is the largest fraction found at which the
+    ``removed`` is the largest fraction found at which the
     pruned (not fine-tuned) model is still "good"; ``float(result)`` gives it. ``bracket = (lo, hi)``
-    with ``lo == removed`` good and ``hi`` bad (``hi - lo <= resolution`` unless ``lo`` is the top of
-    the range). ``evaluations`` lists every ``(p, score)`` measured, in order.
+    with ``lo == removed`` good and ``hi`` the next evaluated fraction above it, which is bad
+    (``hi == lo`` when ``lo`` is the top of the range). ``evaluations`` lists every ``(p, score)``
+    measured, in order; ``rule`` is the rule's name and ``grid_step`` the spacing of the scan.
     """
 
     removed: float
@@ -498,6 +535,7 @@ class ActualLimit:
     rule: str
     tolerance: float
     evaluations: list[tuple[float, float]] = field(default_factory=list)
+    grid_step: float | None = None
 
     @property
     def kept(self) -> float:
@@ -507,14 +545,27 @@ class ActualLimit:
         return float(self.removed)
 
 
+def _check_fractions(fractions: Any) -> list[float]:
+    try:
+        values = [float(p) for p in fractions]
+    except (TypeError, ValueError):
+        raise ValueError(f"fractions: expected a sequence of numbers in (0, 1], got {fractions!r}") from None
+    if not values or any(not 0.0 < p <= 1.0 for p in values):
+        raise ValueError(f"fractions: expected a non-empty sequence of numbers in (0, 1], got {fractions!r}")
+    return sorted(set(values))
+
+
 @torch.no_grad()
 def actual_pruning_limit(
     model: nn.Module,
     evaluate: Callable[[nn.Module], float],
     *,
+    rule: str = "strict",
     tolerance: float = 0.0,
-    rule: str = ">=",
     higher_is_better: bool = True,
+    grid_step: float = 1e-3,
+    fractions: Sequence[float] | None = None,
+    max_evaluations: int | None = None,
     grid: int = 20,
     resolution: float = 1e-3,
     params: Sequence[str] | None = None,
@@ -525,35 +576,67 @@ def actual_pruning_limit(
     Defined in book/limit_experiments.md.
 
     ``evaluate(model) -> float`` scores the model (e.g. test accuracy; ``higher_is_better=False`` for
-    a loss). A fraction ``p`` is **good** when the pruned score ``s(p)`` satisfies
-    ``s(p) >= dense - tolerance`` (``rule=">="``, the default) or ``s(p) > dense - tolerance``
-    (``rule=">"``; with ``tolerance=0`` this is the paper's code: strictly above dense). The choice
-    matters at the cliff, so it is recorded in the result.
+    a loss). Pruning removes whole weights, so a fraction ``p`` means removing exactly
+    ``k = ceil(p * D_w)`` weights (the smallest ``|w|`` globally, as in :class:`MagnitudeRadius`),
+    and the result reports ``k / D_w``. Two rules, named by ``rule``:
 
-    Pruning removes whole weights, so the search runs over the **number** ``k`` of weights removed
-    (exactly ``k``, the smallest ``|w|`` globally) and reports ``p = k / D_w``. Accuracy is not
-    monotone in ``p`` near the cliff, so the search first scans a coarse grid ``p = i/grid`` (plus
-    the largest fraction that keeps one weight), takes the **largest good** grid point and the
-    first bad point after it as a bracket, then bisects that bracket until it is at most
-    ``resolution`` wide (or adjacent counts). The result is good and the bracket's top is bad; a good
-    point further right that the grid skipped over is not searched for.
+    - ``"strict"`` (default; the rule of the paper's code): scan every fraction of the grid
+      ``p = grid_step, 2 grid_step, ..., < 1`` (``grid_step=0.001``: 999 evaluations) or the given
+      ``fractions``, and report the **largest** ``p`` whose score is **strictly above** the dense
+      score (``s(p) > dense - tolerance``). Later good points are never missed, but every point is
+      evaluated; with ``tolerance=0`` and a score that only moves in steps (accuracy on a small test
+      set), no point may beat the dense score, and the answer is then 0.
+    - ``"at_least_bisect"``: good means ``s(p) >= dense - tolerance``. Scan a coarse grid
+      ``p = i / grid`` (or ``fractions``), plus the largest fraction that keeps one weight, take the
+      largest good point and the first bad point after it as a bracket, and bisect it until it is
+      at most ``resolution`` wide. About ``grid + log2(1 / (grid * resolution))`` evaluations; a good
+      point further right that the coarse grid skipped over is not searched for.
+
+    ``">="`` is accepted as another name for ``"at_least_bisect"``, and ``">"`` runs the bisection
+    search with the strict comparison (the spellings of earlier configs). ``max_evaluations`` caps
+    the strict scan: a grid that would need more points is thinned to ``max_evaluations`` evenly
+    spaced ones (the result records the ``grid_step`` used).
 
     The model's weights are restored before returning. ``params`` restricts pruning to those
     parameter names (default: the conv/linear weights). ``progress`` shows a bar of evaluations
     (default: :func:`pruninglab.runtime.progress_enabled`).
+
+    Example
+    -------
+    >>> import torch
+    >>> from pruninglab.limits.pruning_limit import actual_pruning_limit
+    >>> torch.manual_seed(0); net = torch.nn.Linear(10, 10)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> x = torch.randn(64, 10); y = net(x).argmax(1)  # labels the dense net gets right
+    >>> def accuracy(m):
+    ...     return float((m(x).argmax(1) == y).float().mean())
+    >>> strict = actual_pruning_limit(net, accuracy, rule="strict", grid_step=0.01)
+    >>> bisect = actual_pruning_limit(net, accuracy, rule="at_least_bisect")
+    >>> strict.removed  # nothing beats a dense score of 1.0
+    0.0
+    >>> 0 < bisect.removed < 1 and bisect.score == 1.0
+    True
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if not callable(evaluate):
         raise ValueError("evaluate: expected a callable model -> score")
-    if rule not in (">=", ">"):
-        raise ValueError(f"rule: expected '>=' or '>', got {rule!r}")
+    if rule not in ACTUAL_LIMIT_RULES:
+        raise ValueError(f"rule: expected one of {', '.join(map(repr, ACTUAL_LIMIT_RULES))}, got {rule!r}")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         raise ValueError(f"tolerance: expected a non-negative number, got {tolerance!r}")
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
         raise ValueError(f"grid: expected an integer >= 2, got {grid!r}")
     if isinstance(resolution, bool) or not isinstance(resolution, (int, float)) or not 0 < resolution < 0.5:
         raise ValueError(f"resolution: expected a number in (0, 0.5), got {resolution!r}")
+    if isinstance(grid_step, bool) or not isinstance(grid_step, (int, float)) or not 0 < grid_step <= 0.5:
+        raise ValueError(f"grid_step: expected a number in (0, 0.5], got {grid_step!r}")
+    if max_evaluations is not None and (isinstance(max_evaluations, bool) or not isinstance(max_evaluations, int)
+                                        or max_evaluations < 2):
+        raise ValueError(f"max_evaluations: expected an integer >= 2 or None, got {max_evaluations!r}")
+    points = _check_fractions(fractions) if fractions is not None else None
+    strict_compare = rule in ("strict", ">")
+    scan = rule == "strict"
 
     if params is None:
         from ..masks import prunable_parameters
@@ -572,6 +655,25 @@ def actual_pruning_limit(
         raise ValueError("model: needs at least 2 prunable weights")
     step = max(1, math.floor(resolution * total))
 
+    def count(p: float) -> int:
+        return min(total, max(1, math.ceil(p * total - 1e-9)))
+
+    used_step: float | None = None
+    if scan:
+        if points is None:
+            n = math.ceil(1.0 / grid_step - 1e-9) - 1  # grid points strictly below 1
+            used_step = float(grid_step)
+            if max_evaluations is not None and n > max_evaluations:
+                n, used_step = max_evaluations, 1.0 / (max_evaluations + 1)
+            points = [round(i * used_step, 12) for i in range(1, n + 1)]
+        elif max_evaluations is not None and len(points) > max_evaluations:
+            idx = torch.linspace(0, len(points) - 1, max_evaluations).round().long().tolist()
+            points = [points[i] for i in sorted(set(idx))]
+        counts = sorted({count(p) for p in points})
+    else:
+        base = points if points is not None else [i / grid for i in range(1, grid)]
+        counts = sorted({count(p) for p in base if count(p) < total} | {total - 1})
+
     def score() -> float:
         s = float(evaluate(model))
         if math.isnan(s):
@@ -584,7 +686,8 @@ def actual_pruning_limit(
 
     from ..runtime import progress_enabled
 
-    bar = tqdm(desc="actual limit", unit="eval", disable=not progress_enabled(progress), leave=False)
+    bar = tqdm(total=len(counts) + 1, desc="actual limit", unit="eval", disable=not progress_enabled(progress),
+               leave=False)
 
     def pruned_score(k: int) -> float:
         if k in cache:
@@ -600,24 +703,30 @@ def actual_pruning_limit(
 
     try:
         dense = score()
+        bar.update(1)
         cache[0] = dense
         evaluations.append((0.0, dense))
         sign = 1.0 if higher_is_better else -1.0
 
         def good(s: float) -> bool:
             margin = sign * (s - dense) + tolerance
-            return margin >= 0 if rule == ">=" else margin > 0
+            return margin > 0 if strict_compare else margin >= 0
 
-        counts = sorted({math.floor(i * total / grid) for i in range(1, grid)} | {total - 1})
         verdicts = [(k, good(pruned_score(k))) for k in counts]
         good_counts = [k for k, ok in verdicts if ok]
         lo = max(good_counts) if good_counts else 0
+        later = [k for k, _ in verdicts if k > lo]
+        if scan:
+            hi = min(later) if later else lo
+            return ActualLimit(lo / total, dense, cache[lo], (lo / total, hi / total), rule, float(tolerance),
+                               evaluations, used_step)
         lo_good = bool(good_counts) or good(dense)
         later_bad = [k for k, ok in verdicts if k > lo and not ok]
         if not later_bad:  # good up to the top of the range
             return ActualLimit(lo / total, dense, cache[lo], (lo / total, lo / total), rule, float(tolerance),
-                               evaluations)
+                               evaluations, resolution)
         hi = min(later_bad)
+        bar.total = bar.total + max(0, math.ceil(math.log2(max(hi - lo, 1) / step)))
         while hi - lo > step:
             mid = (lo + hi) // 2
             if good(pruned_score(mid)):
@@ -626,7 +735,7 @@ def actual_pruning_limit(
                 hi = mid
         removed = lo if lo_good else 0
         return ActualLimit(removed / total, dense, cache[removed], (removed / total, hi / total), rule,
-                           float(tolerance), evaluations)
+                           float(tolerance), evaluations, resolution)
     finally:
         bar.close()
         for n, t in live.items():
@@ -679,6 +788,7 @@ __all__ = [
     "kinematic_band",
     "loss_noise_epsilon",
     "ActualLimit",
+    "ACTUAL_LIMIT_RULES",
     "actual_pruning_limit",
     "train_with_l1",
 ]
