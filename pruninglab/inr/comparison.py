@@ -107,7 +107,7 @@ class DenseNarrowComparison:
 
     @classmethod
     def recorded(cls, **overrides) -> "DenseNarrowComparison":
-        """The intermediate setting recorded under ``results/meta_sparse_inr/``: width 32 (3,232
+        """The intermediate setting recorded under ``results/meta_sparse_inr/``: width 32 (3,168
         weights), 3 seeds, 200 dense steps, rounds of 60 steps compared at rounds 3, 6 and 9 (51 %,
         26 %, 13 % density), 8 held-out faces; Random Pruning is left to the live run."""
         base = dict(width=32, dense_steps=200, round_steps=60, rounds=(3, 6, 9), num_test=8,
