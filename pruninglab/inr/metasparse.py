@@ -5,7 +5,10 @@ Defined in book/meta_sparse_inr.md.
 The algorithm: meta-learn a dense SIREN with MAML (:mod:`pruninglab.inr.meta`), then repeat: prune
 ``floor(rate * n)`` of the ``n`` surviving weights globally by magnitude, and continue MAML with the
 masks fixed (one Adam optimizer whose state carries across rounds, no rewinding). A new signal is
-fitted from ``(theta_r, m_r)`` by 100 Adam steps (lr 1e-4) with the mask fixed.
+fitted from ``(theta_r, m_r)`` by 100 Adam steps (lr 1e-4) with the mask fixed (``eval_mode="adam"``),
+or by the official code's few-step mode, 2 plain SGD steps at 1e-2 (``eval_mode="sgd2"``). Like the
+official code, each pruning round starts a fresh outer Adam (``fresh_optimizer_each_round=True`` in
+:func:`meta_sparse_rounds` and :func:`round_optimizer`); ``False`` carries the Adam state across rounds.
 
 Baselines, as the official code defines them:
 
@@ -35,6 +38,7 @@ import torch
 from torch import nn
 from torch.func import grad, vmap
 
+from .._checks import one_of
 from ..masks import check_masks, count_kept, ones_masks
 from ..pruners.magnitude import lowest_score_masks
 from .meta import KeepMasked, MetaObjective, signal_loss
@@ -43,8 +47,11 @@ __all__ = [
     "psnr",
     "mean_psnr",
     "FitResult",
+    "EVAL_MODES",
     "fit_signals",
     "prune_round",
+    "round_optimizer",
+    "meta_sparse_rounds",
     "oneshot_schedule",
     "imp_schedule",
     "meta_train",
@@ -74,6 +81,12 @@ def mean_psnr(mse_per_signal: torch.Tensor) -> float:
 
 
 # --------------------------------------------------------------------------- test-time fitting
+
+
+#: Test-time protocols: name -> (optimizer, default steps, default learning rate).
+#: ``"adam"``: a fresh Adam, 100 steps at 1e-4 (the paper's figures). ``"sgd2"``: 2 plain SGD
+#: steps at 1e-2, the official code's few-step mode (the meta-training inner loop).
+EVAL_MODES: dict[str, tuple[str, int, float]] = {"adam": ("adam", 100, 1e-4), "sgd2": ("sgd", 2, 1e-2)}
 
 
 @dataclass
@@ -117,8 +130,9 @@ def fit_signals(
     signals: torch.Tensor,
     masks: Mapping[str, torch.Tensor] | None = None,
     *,
-    steps: int = 100,
-    lr: float = 1e-4,
+    steps: int | None = None,
+    lr: float | None = None,
+    eval_mode: str = "adam",
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     prune_at: Mapping[int, int] | None = None,
@@ -126,9 +140,14 @@ def fit_signals(
     chunk: int | None = None,
     keep_predictions: bool = False,
 ) -> FitResult:
-    """Fit every signal of ``signals (B, N, C)`` from ``params`` with its own fresh Adam; return the final MSEs.
+    """Fit every signal of ``signals (B, N, C)`` from ``params`` with its own fresh optimizer; return the final MSEs.
 
     Defined in book/meta_sparse_inr.md.
+
+    ``eval_mode`` picks the test-time protocol (see :data:`EVAL_MODES`): ``"adam"``, a fresh Adam
+    (default 100 steps at lr 1e-4, the paper's figures), or ``"sgd2"``, plain SGD (default 2 steps at
+    lr 1e-2, the official code's few-step mode, the same update as the MAML inner loop). ``steps``
+    and ``lr`` left at ``None`` take the mode's values; given explicitly, they override them.
 
     All biases and the surviving weights train; ``masks`` (bool, weights only, shared by all
     signals) stay fixed. ``prune_at = {step: keep}`` prunes each signal's weights by magnitude to
@@ -140,6 +159,10 @@ def fit_signals(
     """
     if not isinstance(signals, torch.Tensor) or signals.dim() != 3 or signals.shape[0] == 0:
         raise ValueError(f"signals: expected a non-empty tensor (batch, N, C), got shape {tuple(getattr(signals, 'shape', ()))}")
+    one_of(eval_mode, "eval_mode", EVAL_MODES)
+    optimizer, default_steps, default_lr = EVAL_MODES[eval_mode]
+    steps = default_steps if steps is None else steps
+    lr = default_lr if lr is None else lr
     if isinstance(steps, bool) or int(steps) != steps or steps < 0:
         raise ValueError(f"steps: expected a non-negative integer, got {steps!r}")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
@@ -168,7 +191,8 @@ def fit_signals(
     final_masks: dict[str, list[torch.Tensor]] = {n: [] for n in masks}
     for start in range(0, total, int(chunk)):
         sl = slice(start, min(total, start + int(chunk)))
-        res = _fit_chunk(model, params, coords, signals[sl], masks, steps=int(steps), lr=float(lr), betas=betas,
+        res = _fit_chunk(model, params, coords, signals[sl], masks, steps=int(steps), lr=float(lr),
+                         optimizer=optimizer, betas=betas,
                          eps=eps, prune_at=prune_at, batched_params=batched_params, sl=sl,
                          keep_predictions=keep_predictions)
         mses.append(res.mse)
@@ -185,8 +209,8 @@ def fit_signals(
     )
 
 
-def _fit_chunk(model, params, coords, signals, masks, *, steps, lr, betas, eps, prune_at, batched_params, sl,
-               keep_predictions) -> FitResult:
+def _fit_chunk(model, params, coords, signals, masks, *, steps, lr, optimizer, betas, eps, prune_at,
+               batched_params, sl, keep_predictions) -> FitResult:
     batch = signals.shape[0]
     if batched_params:
         p = {n: t.detach()[sl].clone() for n, t in params.items()}
@@ -206,11 +230,14 @@ def _fit_chunk(model, params, coords, signals, masks, *, steps, lr, betas, eps, 
     exp_avg_sq = {n: torch.zeros_like(t) for n, t in p.items()}
     for step in range(1, steps + 1):
         g = grads_of(p, m, signals)
-        # Adam as torch.optim.Adam computes it (same order of operations), on every signal at once.
         bias1 = 1.0 - beta1 ** step
         bias2_sqrt = math.sqrt(1.0 - beta2 ** step)
         with torch.no_grad():
             for n in p:
+                if optimizer == "sgd":
+                    p[n].add_(g[n], alpha=-lr)
+                    continue
+                # Adam as torch.optim.Adam computes it (same order of operations), on every signal at once.
                 exp_avg[n].lerp_(g[n], 1.0 - beta1)
                 exp_avg_sq[n].mul_(beta2).addcmul_(g[n], g[n], value=1.0 - beta2)
                 denom = (exp_avg_sq[n].sqrt() / bias2_sqrt).add_(eps)
@@ -284,6 +311,62 @@ def prune_round(objective: MetaObjective, method: str = "magnitude", rate: float
     objective.set_masks(new)
     KeepMasked().on_step_end(0, objective)
     return alive - num
+
+
+def round_optimizer(objective: MetaObjective, optimizer: torch.optim.Optimizer, *,
+                    fresh_optimizer_each_round: bool = True) -> torch.optim.Optimizer:
+    """The outer optimizer for the next pruning round.
+
+    Defined in book/meta_sparse_inr.md. ``fresh_optimizer_each_round=True`` (the official code)
+    returns a new optimizer of the same class and hyperparameters (``optimizer.defaults``) over
+    ``objective``'s parameters, with empty state (no moments, step count 0); ``False`` returns
+    ``optimizer`` itself, so Adam's moments carry across the round.
+    """
+    if not isinstance(fresh_optimizer_each_round, bool):
+        raise ValueError(f"fresh_optimizer_each_round: expected True or False, got {fresh_optimizer_each_round!r}")
+    if not fresh_optimizer_each_round:
+        return optimizer
+    return type(optimizer)(objective.parameters(), **optimizer.defaults)
+
+
+def meta_sparse_rounds(
+    objective: MetaObjective,
+    optimizer: torch.optim.Optimizer,
+    signals: torch.utils.data.Dataset,
+    *,
+    rounds: int,
+    round_steps: int,
+    method: str = "magnitude",
+    rate: float = 0.2,
+    fresh_optimizer_each_round: bool = True,
+    meta_batch: int = 3,
+    seed: int = 0,
+    on_round=None,
+    progress: bool | None = None,
+) -> torch.optim.Optimizer:
+    """Run ``rounds`` pruning rounds on a meta-trained ``objective``: prune, then ``round_steps`` MAML steps.
+
+    Defined in book/meta_sparse_inr.md. Each round removes ``floor(rate * n)`` survivors
+    (:func:`prune_round`, ``method`` "magnitude" for Meta-SparseINR, "random" for Random Pruning; the
+    random scores come from a generator seeded with ``seed``), takes the outer optimizer from
+    :func:`round_optimizer` (fresh by default, as the official code) and meta-trains with the masks
+    fixed (:func:`meta_train`, meta-batch order seeded by ``seed + round``). ``on_round(r, count,
+    objective)`` is called after each round's training, e.g. to evaluate. Returns the last optimizer.
+    """
+    from .._checks import nonnegative_int
+
+    rounds = nonnegative_int(rounds, "rounds")
+    round_steps = nonnegative_int(round_steps, "round_steps")
+    one_of(method, "method", ("magnitude", "random"))
+    gen = torch.Generator().manual_seed(int(seed))
+    for r in range(1, rounds + 1):
+        count = prune_round(objective, method, rate, generator=gen)
+        optimizer = round_optimizer(objective, optimizer, fresh_optimizer_each_round=fresh_optimizer_each_round)
+        meta_train(objective, optimizer, signals, round_steps, meta_batch=meta_batch, seed=seed + r,
+                   progress=progress, desc=f"{method} round {r}")
+        if on_round is not None:
+            on_round(r, count, objective)
+    return optimizer
 
 
 def meta_train(
