@@ -130,24 +130,28 @@ def test_limit_cli_runs_and_resumes_to_the_same_result(cifar_root, tmp_path, cap
 
     args = ["limit", "--model", "mlp-16", "--dataset", "cifar10", "--data", str(cifar_root), "--scale", "small",
             "--epochs", "4", "--batch-size", "24", "--lanczos-steps", "8", "--no-progress"]
+    def run_folder(root):  # <runs root>/limit/limit-<config hash>-s<seed>
+        (folder,) = (root / "limit").glob("limit-*-s0")
+        return folder
+
     assert cli_main(args + ["--out", str(tmp_path / "whole")]) == 0
-    whole = json.loads((tmp_path / "whole" / "result.json").read_text())
+    whole = json.loads((run_folder(tmp_path / "whole") / "result.json").read_text())
     m = whole["metrics"]
-    assert whole["scale"] == "small" and whole["config"]["model"] == "mlp-16"
+    assert whole["scale"] == "small" and whole["config"]["config"]["model"] == "mlp-16"
     assert 0 <= m["actual"] < 1 and 0 < m["predicted"] <= 1 and m["epsilon"] > 0
     assert m["hessian_dim"] == 3072 * 16 + 16 + 16 * 10 + 10 and m["num_weights"] == 3072 * 16 + 160
     assert m["train_steps"] == 4 * 5  # 120 images // 24 per batch, 4 epochs
     # A run killed after 7 steps (last checkpoint at step 5) continues to the identical result.
     cut = tmp_path / "cut"
     assert cli_main(args + ["--out", str(cut), "--stop-after", "7"]) == 0
-    assert not (cut / "result.json").exists() and (cut / "checkpoint.pt").exists()
+    assert not (run_folder(cut) / "result.json").exists() and (run_folder(cut) / "checkpoint.pt").exists()
     assert cli_main(args + ["--out", str(cut), "--resume"]) == 0
-    resumed = json.loads((cut / "result.json").read_text())["metrics"]
+    resumed = json.loads((run_folder(cut) / "result.json").read_text())["metrics"]
     assert resumed["resumed_from"] == 5
     for key in ("dense_accuracy", "epsilon", "predicted", "actual", "top_eigenvalue"):
         assert resumed[key] == pytest.approx(m[key], rel=1e-6, abs=1e-9), key
     out = capsys.readouterr().out
-    assert json.loads(out.strip().splitlines()[-1])["predicted"] == round(m["predicted"], 4)
+    assert out.strip().splitlines()[-1].startswith(f"result: {run_folder(cut) / 'result.json'}")
 
 
 def test_limit_cli_reports_a_missing_dataset(tmp_path, capsys):

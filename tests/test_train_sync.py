@@ -1,14 +1,18 @@
 """The hot path does not synchronise the host between logging intervals; a non-finite loss is still
 reported with the steps between which it appeared."""
+import importlib
+
 import pytest
 import torch
 from torch import nn
 
-from pruninglab import train as train_mod
 from pruninglab.masks import MaskHook, apply_masks
 from pruninglab.pruners.magnitude import global_magnitude_masks
 from pruninglab.runtime import seed_everything
 from pruninglab.train import l1_penalty, make_loader, train
+
+# The module, not the function `pruninglab.train` that the package re-exports under the same name.
+train_mod = importlib.import_module("pruninglab.train")
 
 # Every way Python code reads a tensor's value on the host.
 READS = ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")

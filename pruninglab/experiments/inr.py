@@ -52,7 +52,7 @@ METHOD_LABELS = {
 
 
 #: Test-time fitting of the meta-learned initialisations (see :class:`INRConfig`).
-EVAL_MODES = ("adapt", "sgd2")
+EVAL_MODES = ("adam", "sgd2")
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class INRConfig(ExperimentConfig):
     narrow_steps: int = option(200, "[P] meta-steps of each Dense-Narrow model (150,000)")
     baseline_rounds: tuple[int, ...] | None = option((2, 4), "rounds at which MAML+OneShot / IMP are evaluated "
                                                              "(none: every round)")
-    eval_mode: str = option("adapt", "[P] test-time fitting: adapt (test_steps Adam steps at test_lr per signal) "
+    eval_mode: str = option("adam", "[P] test-time fitting: adam (test_steps Adam steps at test_lr per signal) "
                                      "or sgd2 (the MAML inner loop: inner_steps SGD steps at inner_lr, the "
                                      "official code's second evaluation)")
     test_steps: int = option(100, "[P] test-time Adam steps (100)")
@@ -320,7 +320,7 @@ def run(
             for name in names:
                 metrics["methods"][name].append(stored)
             return stored
-        fit = fit_signals(model, params, coords, test, masks, steps=config.test_steps, lr=config.test_lr,
+        fit = fit_signals(model, params, coords, test, masks,
                           prune_at=prune_at, batched_params=batched, chunk=config.fit_chunk,
                           keep_predictions=config.num_examples > 0, **fit_options)
         psnrs = fit.psnr
@@ -375,10 +375,10 @@ def run(
         for k in base_rounds:
             if "oneshot" in wants:
                 evaluate(f"oneshot/round_{k:02d}", "oneshot", {"round": k, "meta_steps": config.dense_steps},
-                         dense_params, prune_at=oneshot_schedule(n0, counts[k], config.test_steps), model=dense_net)
+                         dense_params, prune_at=oneshot_schedule(n0, counts[k], fit_options["steps"]), model=dense_net)
             if "imp" in wants:
                 evaluate(f"imp/round_{k:02d}", "imp", {"round": k, "meta_steps": config.dense_steps},
-                         dense_params, prune_at=imp_schedule(n0, k, config.test_steps, config.prune_rate),
+                         dense_params, prune_at=imp_schedule(n0, k, fit_options["steps"], config.prune_rate),
                          model=dense_net)
 
     # Dense-Narrow: narrower dense SIRENs, each meta-learned from scratch.
@@ -413,15 +413,14 @@ def run(
 
 
 def _fit_options(config: INRConfig) -> dict:
-    """Keyword options of :func:`~pruninglab.inr.metasparse.fit_signals` that the config selects."""
-    import inspect
+    """Keyword options of :func:`~pruninglab.inr.metasparse.fit_signals` for the config's test-time protocol.
 
-    if "eval_mode" in inspect.signature(fit_signals).parameters:
-        return {"eval_mode": config.eval_mode}
-    if config.eval_mode != "adapt":
-        raise ValueError(f"eval_mode: {config.eval_mode!r} is not available in this installation's "
-                         "pruninglab.inr.metasparse.fit_signals; expected 'adapt'")
-    return {}
+    ``adam``: ``test_steps`` Adam steps at ``test_lr`` (the paper's figures); ``sgd2``: the MAML inner
+    loop, ``inner_steps`` SGD steps at ``inner_lr`` (the official code's few-step evaluation).
+    """
+    if config.eval_mode == "sgd2":
+        return {"eval_mode": "sgd2", "steps": config.inner_steps, "lr": config.inner_lr}
+    return {"eval_mode": "adam", "steps": config.test_steps, "lr": config.test_lr}
 
 
 def execute(config: INRConfig, ctx: base.RunContext) -> tuple[bool, dict]:
