@@ -1,6 +1,6 @@
 """TinyImageNet (200 classes, 64x64 RGB) from a local folder in its distributed layout (never downloads).
 
-Used by the limit experiment's TinyImageNet presets.
+Defined in book/limit_experiments.md; used by the limit experiment's TinyImageNet presets.
 
 The layout of the official archive ``tiny-imagenet-200.zip``, unpacked::
 
@@ -57,7 +57,7 @@ TINYIMAGENET_LAYOUT = """expected the layout of tiny-imagenet-200.zip:
 def tinyimagenet_folder(root: str | os.PathLike | None) -> Path:
     """The dataset folder (the one holding ``wnids.txt``); ``root=None`` reads ``$PRUNINGLAB_DATA``.
 
-    Used by the limit experiment's TinyImageNet presets. Raises ``FileNotFoundError`` naming what is
+    Defined in book/limit_experiments.md; used by the limit experiment's TinyImageNet presets. Raises ``FileNotFoundError`` naming what is
     missing, followed by :data:`TINYIMAGENET_LAYOUT`.
     """
     if root is None:
@@ -86,7 +86,7 @@ def tinyimagenet_folder(root: str | os.PathLike | None) -> Path:
 def tinyimagenet_wnids(root: str | os.PathLike | None) -> list[str]:
     """The sorted class ids of ``wnids.txt`` (class index = position in this list).
 
-    Used by the limit experiment's TinyImageNet presets.
+    Defined in book/limit_experiments.md; used by the limit experiment's TinyImageNet presets.
     """
     path = tinyimagenet_folder(root) / "wnids.txt"
     wnids = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
@@ -173,7 +173,7 @@ def read_tinyimagenet_split(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One split as ``(images, labels)``: uint8 ``N x 3 x 64 x 64`` and int64 ``N``.
 
-    Used by the limit experiment's TinyImageNet presets. ``train=False`` reads the validation set
+    Defined in book/limit_experiments.md; used by the limit experiment's TinyImageNet presets. ``train=False`` reads the validation set
     (in the order of ``val_annotations.txt``). ``per_class`` reads at most that many images of each
     class (training: the first in sorted file order), for small runs.
     """
@@ -190,7 +190,7 @@ def read_tinyimagenet_split(
 class TinyImageNetSplit:
     """Train and validation images (uint8) and labels of TinyImageNet, plus the normalisation statistics.
 
-    Used by the limit experiment's TinyImageNet presets. Same fields as
+    Defined in book/limit_experiments.md; used by the limit experiment's TinyImageNet presets. Same fields as
     :class:`pruninglab.data.cifar.CifarSplit`, so the same batching code serves both.
     """
 
@@ -216,7 +216,7 @@ def tinyimagenet_split(
 ) -> TinyImageNetSplit:
     """TinyImageNet's training and validation splits from ``root`` (optionally the first images of each class).
 
-    Used by the limit experiment's TinyImageNet presets. The validation images are the test set.
+    Defined in book/limit_experiments.md; used by the limit experiment's TinyImageNet presets. The validation images are the test set.
     """
     folder = tinyimagenet_folder(root)
     x_tr, y_tr = read_tinyimagenet_split(folder, True, per_class=train_per_class)
@@ -235,7 +235,7 @@ def write_tinyimagenet(
 ) -> Path:
     """Write a small folder of real 64x64 JPEGs in exactly the TinyImageNet layout; return ``root``.
 
-    Used by the limit experiment's TinyImageNet presets (tests and offline demos). Class ids are
+    Defined in book/limit_experiments.md; used by the limit experiment's TinyImageNet presets (tests and offline demos). Class ids are
     made-up wnids ``n90000000``, ``n90000001``, ...; each image is a class-coloured blob on noise, so a
     network can learn them; validation annotations carry a dummy bounding box, as the real file does.
     """
