@@ -317,6 +317,9 @@ def _parser(spec: Experiment) -> argparse.ArgumentParser:
                    help="re-run the recorded run of this config.json exactly (with --resume: continue it)")
     p.add_argument("--plan", action="store_true",
                    help="print what the run will need (steps, memory, time, disk) and exit without running")
+    p.add_argument("--gpu", default="h100",
+                   help="with --plan: the GPU to project the time for (default: h100)")
+    p.add_argument("--num-gpus", type=int, default=1, help="with --plan: how many GPUs (default: 1)")
     p.add_argument("--overwrite-result", action="store_true",
                    help="replace a stored result of the same identity that differs (never needed otherwise)")
     p.add_argument("--device", default=None,
@@ -327,8 +330,8 @@ def _parser(spec: Experiment) -> argparse.ArgumentParser:
     return p
 
 
-_COMMON = ("scale", "data", "out", "resume", "new_attempt", "config", "plan", "overwrite_result", "device",
-           "no_progress", "stop_after")
+_COMMON = ("scale", "data", "out", "resume", "new_attempt", "config", "plan", "gpu", "num_gpus",
+           "overwrite_result", "device", "no_progress", "stop_after")
 
 
 def _field_overrides(spec: Experiment, args: argparse.Namespace) -> dict:
@@ -412,13 +415,10 @@ def _command(spec: Experiment, run_dir: Path, resume: bool) -> str:
     return f"{head} {spec.name} --config {shlex.quote(str(run_dir / runtime.CONFIG_NAME))}{tail}"
 
 
-def _plan(spec: Experiment, config: ExperimentConfig) -> int:
-    try:
-        from .. import plan as planner
-    except ImportError:
-        raise ValueError(f"--plan: the run planner (pruninglab.plan) is not part of this installation; "
-                         f"expected it to plan {spec.name}") from None
-    print(planner.format_plan(planner.plan_for(spec.name, config)))
+def _plan(spec: Experiment, config: ExperimentConfig, gpu: str, num_gpus: int) -> int:
+    from .. import plan as planner
+
+    print(planner.format_plan(planner.plan_for(spec.name, config, gpu=gpu, num_gpus=num_gpus)))
     return 0
 
 
@@ -461,9 +461,13 @@ def main(spec: Experiment, argv: Sequence[str] | None = None) -> int:
             raw = args.data or os.environ["PRUNINGLAB_DATA"]
             overrides["data"] = str(Path(raw).resolve()) if Path(raw).exists() else raw
         config = spec.config_cls.for_scale(sc, **overrides)
+        if args.plan:  # the plan runs on synthetic inputs of the real shapes: no dataset needed
+            return _plan(spec, config, args.gpu, args.num_gpus)
         data = _resolve_data(spec, args.data, config)
     if args.plan:
-        return _plan(spec, config)
+        return _plan(spec, config, args.gpu, args.num_gpus)
+    if args.gpu != "h100" or args.num_gpus != 1:
+        raise ValueError("--gpu/--num-gpus: only used with --plan; expected --plan")
 
     record = identity_record(spec.name, sc, config, data)
     base_id = runtime.run_id(spec.name, record, config.seed)
