@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI_ERROR_PATH_MERGED = False
+CLI_ERROR_PATH_MERGED = True
 TIMEOUT = int(os.environ.get("PRUNINGLAB_CLI_TIMEOUT", "120"))  # seconds: each case must fail fast
 
 
@@ -60,8 +60,8 @@ def _run_cli(tmp_path: Path, experiment: str, args: list[str], names: str):
     assert proc.returncode == 2, (proc.returncode, err[-2000:])
     lines = [ln for ln in err.splitlines() if "error:" in ln]
     assert len(lines) == 1, err[-2000:]
-    # argparse's own messages start with its prog, "python -m pruninglab <experiment>"
-    assert re.match(rf"(python -m )?pruninglab {re.escape(experiment)}: error: ", lines[0]), lines[0]
+    assert lines[0] == err.strip().splitlines()[-1], err[-2000:]  # the last line, nothing after it
+    assert re.fullmatch(rf"pruninglab {re.escape(experiment)}: error: \S.*", lines[0]), lines[0]
     assert re.search(names, lines[0]), (names, lines[0])
     after = _snapshot(tmp_path)
     changed = [f for f, h in before.items() if after.get(f) != h]

@@ -448,6 +448,8 @@ def main(spec: Experiment, argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"--data: {spec.name} uses no dataset; expected no --data")
     if not spec.resumable and args.resume:
         raise ValueError(f"--resume: {spec.name} keeps no checkpoints (it is short); expected no --resume")
+    if args.out is not None and not args.plan and int(os.environ.get("RANK", "0")) == 0:
+        runtime.check_writable(runtime.runs_root(args.out), "--out (runs root)")  # before data is read
     exact = None
     if args.config is not None:
         config, sc, data = _config_from_file(spec, args.config, args)
