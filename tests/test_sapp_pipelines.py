@@ -12,7 +12,7 @@ from torch import nn
 
 from pruninglab import cli
 from pruninglab.data.criteo import write_synthetic_criteo
-from pruninglab.data.imagenet import make_imagefolder
+from pruninglab.data.imagenet import Uint8ImageFolder, make_imagefolder
 from pruninglab.experiments import sapp_criteo, sapp_imagenet
 from pruninglab.runlog import TIMING_COLUMNS
 from pruninglab.train import make_loader, train
@@ -79,6 +79,8 @@ def test_imagenet_kill_and_resume_is_identical(tmp_path):
     cfg = dataclasses.replace(sapp_imagenet.ImagenetConfig.small(), arch="resnet18", image_size=16, resize=16,
                               method="magnitude", block=8, steps=12, batch_size=4, checkpoint_every=5,
                               warmup_epochs=0.5)
+    task = sapp_imagenet.setup(cfg, root, torch.device("cpu"), 1)  # the uint8 pipeline, normalised on the device
+    assert isinstance(task.train_data.dataset, Uint8ImageFolder) and task.net._forward_pre_hooks
     ref = sapp_imagenet.run(cfg, str(root), out=str(tmp_path / "ref"), seed=2)
     cut = sapp_imagenet.run(cfg, str(root), out=str(tmp_path / "cut"), seed=2, stop_after=8)
     assert not cut["completed"]
