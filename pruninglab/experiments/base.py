@@ -143,6 +143,13 @@ def _arg_type(kind: str) -> Callable[[str], Any]:
     return lambda text: None if text.lower() == "none" else text
 
 
+def _seed(text: str) -> int:
+    value = _finite(text, "", int)
+    if value is not None and not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63 - 1], got {text!r}")
+    return value
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, skip: Sequence[str] = ()) -> None:
     """One ``--field-name`` option per field of ``config_cls`` (default None = the preset's value).
 
@@ -158,7 +165,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, skip
         flag = "--" + f.name.replace("_", "-")
         helptext = (f.metadata.get("help", "") if f.metadata else "").replace("%", "%%")
         kind = _kind(hints.get(f.name, f.type))
-        if kind == "bool":
+        if f.name == "seed" and kind == "int":  # checked while parsing: before any data is looked for
+            group.add_argument(flag, dest=f.name, type=_seed, default=None, help=helptext, metavar="SEED")
+        elif kind == "bool":
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                help=helptext)
         else:
