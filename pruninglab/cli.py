@@ -21,6 +21,8 @@ import zipfile
 EXPERIMENTS: dict[str, tuple[str, str, str]] = {
     "limit": ("pruninglab.experiments.limit", "main",
               "predicted vs actual pruning limit of a trained network (Zhang et al. 2024)"),
+    "limit-moves": ("pruninglab.experiments.limit_moves", "main",
+                    "what moves the pruning limit: IMP, l2, weight scaling, pruners (Zhang et al. 2024)"),
     "phase": ("pruninglab.experiments.phase", "main",
               "phase-transition grids of l1 / group-l1 recovery (convex geometry)"),
     "inr": ("pruninglab.experiments.inr", "main",

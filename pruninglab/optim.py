@@ -66,10 +66,12 @@ class DenseSparseAdam(torch.optim.Optimizer):
     ``param_groups`` are those of the two inner optimizers (dense first), so a scheduler that sets
     ``lr`` sets it for both. ``allreduce=True`` (default) averages sparse gradients over
     ``torch.distributed`` processes in :meth:`step` (DDP skips tables of a ``CriteoMLP(sparse_embedding=True)``).
+    ``dense_groups``: optimizer groups over the model's parameters (sparse tables are dropped from them),
+    e.g. a separate weight decay for some; default: every dense parameter in one group.
     """
 
     def __init__(self, model: nn.Module, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, allreduce: bool = True):
+                 weight_decay: float = 0.0, allreduce: bool = True, dense_groups: list[dict] | None = None):
         from ._checks import nonnegative_float, positive_float
 
         positive_float(lr, "lr")
@@ -79,7 +81,11 @@ class DenseSparseAdam(torch.optim.Optimizer):
         dense = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
         if not sparse:
             raise ValueError("model: has no sparse embedding (nn.Embedding(sparse=True)); use torch.optim.Adam")
+        if dense_groups is not None:  # e.g. their own weight decay; the sparse tables are left out of them
+            dense = [{**g, "params": [p for p in g["params"] if id(p) not in ids]} for g in dense_groups]
+            dense = [g for g in dense if g["params"]]
         self.dense = torch.optim.Adam(dense, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        dense = [p for g in self.dense.param_groups for p in g["params"]]
         self.sparse = torch.optim.SparseAdam(sparse, lr=lr, betas=betas, eps=eps)
         self.allreduce = bool(allreduce)
         super().__init__(dense + sparse, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))

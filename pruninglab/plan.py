@@ -257,7 +257,8 @@ def _limit(config) -> _Spec:
     from .experiments.limit import build_model
 
     shapes = {"digits": ((64,), 10, 1437, 360), "cifar10": ((3, 32, 32), 10, 50_000, 10_000),
-              "cifar100": ((3, 32, 32), 100, 50_000, 10_000)}
+              "cifar100": ((3, 32, 32), 100, 50_000, 10_000),
+              "tinyimagenet": ((3, 64, 64), 200, 100_000, 10_000)}
     in_shape, classes, n_train, n_test = shapes[config.dataset]
     n_train = int(config.train_samples or n_train)
     n_test = int(config.test_samples or n_test)

@@ -5,16 +5,9 @@ line naming the offending input, that no traceback is printed, and that no file 
 the run was changed (the run's folder, a sentinel file, a pre-existing output file). Each run gets
 its own working directory, so default output folders land there and not in the checkout.
 
-Cases that need the command line's single error path (every user error -> one line, exit code 2,
-no traceback, output folder checked before any training) are marked ``needs_error_path``: they are
-skipped until that error path is in (each would otherwise spend a subprocess to fail). Set
-``CLI_ERROR_PATH_MERGED = True`` once it is: then every case here runs and must pass.
-
-Already passing on the branch that added this file (not marked): bad ``--scale``, ``--dataset``,
-``--spectrum`` and ``--which`` choices, misspelt flags, non-integer ``--seed`` / ``--num-test``
-(argparse), a missing CIFAR folder, a crafted or truncated
-CIFAR pickle, ``--seed -1`` and ``--seed 2**64`` for limit / inr / sapp-imagenet, and limit's
-``--batch-size 0`` / ``--train-samples -5``, phase's ``--trials 0``, inr's ``--num-test 0``.
+Cases marked ``needs_error_path`` need the command line's single error path (every user error -> one
+line, exit code 2, no traceback, output folder checked before any data is read); with
+``CLI_ERROR_PATH_MERGED = True`` every case here runs and must pass.
 Each case starts a fresh interpreter (a few seconds each on an idle machine); the timeout can be
 raised with ``PRUNINGLAB_CLI_TIMEOUT`` on a loaded one.
 """
@@ -30,7 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI_ERROR_PATH_MERGED = False
+CLI_ERROR_PATH_MERGED = True
 TIMEOUT = int(os.environ.get("PRUNINGLAB_CLI_TIMEOUT", "120"))  # seconds: each case must fail fast
 
 
@@ -60,8 +53,8 @@ def _run_cli(tmp_path: Path, experiment: str, args: list[str], names: str):
     assert proc.returncode == 2, (proc.returncode, err[-2000:])
     lines = [ln for ln in err.splitlines() if "error:" in ln]
     assert len(lines) == 1, err[-2000:]
-    # argparse's own messages start with its prog, "python -m pruninglab <experiment>"
-    assert re.match(rf"(python -m )?pruninglab {re.escape(experiment)}: error: ", lines[0]), lines[0]
+    assert lines[0] == err.strip().splitlines()[-1], err[-2000:]  # the last line, nothing after it
+    assert re.fullmatch(rf"pruninglab {re.escape(experiment)}: error: \S.*", lines[0]), lines[0]
     assert re.search(names, lines[0]), (names, lines[0])
     after = _snapshot(tmp_path)
     changed = [f for f, h in before.items() if after.get(f) != h]
@@ -91,9 +84,9 @@ def test_cli_unknown_flag(tmp_path, experiment):
 
 
 @pytest.mark.parametrize("experiment, args, names", [
-    ("limit", ["--dataset", "imagenet"], r"--dataset.*imagenet"),
-    ("limit", ["--spectrum", "full"], r"--spectrum.*full"),
-    ("phase", ["--which", "l2"], r"--which.*l2"),
+    ("limit", ["--dataset", "imagenet"], r"dataset.*imagenet"),
+    ("limit", ["--spectrum", "full"], r"spectrum.*full"),
+    ("phase", ["--which", "l2"], r"which.*l2"),
 ])
 def test_cli_bad_choice(tmp_path, experiment, args, names):
     _run_cli(tmp_path, experiment, args, names)

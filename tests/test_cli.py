@@ -1,6 +1,6 @@
 """``python -m pruninglab``: one error path (one line, exit 2, no traceback), --debug, --version, pre-emption."""
 import dataclasses
-import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -85,16 +85,21 @@ def test_preempted_prints_the_resume_command_and_exits_75(tmp_path, monkeypatch,
     assert f"python -m pruninglab phase --config {config} --resume" in err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pruninglab.plan") is not None, reason="the planner is installed")
-def test_plan_without_the_planner_is_a_clear_error(capsys):
-    assert cli.main(TINY_PHASE + ["--plan"]) == 2
-    assert "--plan: the run planner" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(importlib.util.find_spec("pruninglab.plan") is None, reason="the planner is not installed")
 def test_plan_prints_and_runs_nothing(tmp_path, capsys):
     assert cli.main(TINY_PHASE + ["--plan"]) == 0
     assert capsys.readouterr().out.strip() and not (tmp_path / "runs").exists()
+
+
+def test_plan_of_a_full_preset_needs_no_data_and_takes_the_gpu(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PRUNINGLAB_DATA", raising=False)
+    argv = ["sapp-criteo", "--scale", "full", "--plan", "--gpu", "a100", "--num-gpus", "4",
+            "--out", str(tmp_path / "runs")]
+    assert cli.main(argv) == 0
+    plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert plan["experiment"] == "sapp-criteo" and plan["gpu"] == "a100" and plan["num_gpus"] == 4
+    assert plan["batch_size"] == 32768 and not (tmp_path / "runs").exists()
+    assert cli.main(["phase", "--gpu", "a100", "--out", str(tmp_path / "runs")]) == 2
+    assert "--gpu/--num-gpus: only used with --plan" in capsys.readouterr().err
 
 
 def test_help_lists_every_experiment(capsys):

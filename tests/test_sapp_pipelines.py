@@ -12,7 +12,7 @@ from torch import nn
 
 from pruninglab import cli
 from pruninglab.data.criteo import write_synthetic_criteo
-from pruninglab.data.imagenet import make_imagefolder
+from pruninglab.data.imagenet import Uint8ImageFolder, make_imagefolder
 from pruninglab.experiments import sapp_criteo, sapp_imagenet
 from pruninglab.runlog import TIMING_COLUMNS
 from pruninglab.train import make_loader, train
@@ -74,11 +74,33 @@ def test_criteo_kill_and_resume_is_identical(criteo_file, tmp_path, method):
     assert stored["config"]["config"]["method"] == method and stored["scale"] == "small"
 
 
+def test_criteo_prepared_folder_resumes_identically_and_equals_the_text_run(criteo_file, tmp_path):
+    from pruninglab.data.criteo_prepared import CriteoArrays, prepare_criteo
+    from pruninglab.optim import DenseSparseAdam
+
+    cfg = criteo_config(method="sapp")
+    folder = prepare_criteo(criteo_file, tmp_path / "prepared", num_buckets=cfg.num_buckets)
+    task = sapp_criteo.setup(cfg, folder, torch.device("cpu"), 1)
+    assert isinstance(task.train_data, CriteoArrays) and task.net.embedding.sparse
+    opt, _ = task.make_optimizer(task.net, 30, 10)
+    assert isinstance(opt, DenseSparseAdam)
+    ref = sapp_criteo.run(cfg, str(folder), out=str(tmp_path / "ref"), seed=1)
+    cut = sapp_criteo.run(cfg, str(folder), out=str(tmp_path / "cut"), seed=1, stop_after=17)
+    assert not cut["completed"]
+    resumed = sapp_criteo.run(cfg, str(folder), out=str(tmp_path / "cut"), seed=1, resume=True)
+    assert_same_run(ref, resumed)
+    text = sapp_criteo.run(cfg, str(criteo_file), out=str(tmp_path / "text"), seed=1)
+    for key in ("val_logloss", "val_auc", "val_accuracy"):  # the same rows in the same order
+        assert text["metrics"][key] == pytest.approx(ref["metrics"][key], rel=1e-5), key
+
+
 def test_imagenet_kill_and_resume_is_identical(tmp_path):
     root = make_imagefolder(tmp_path / "im", classes=3, per_class=8, val_per_class=2, size=24, seed=0)
     cfg = dataclasses.replace(sapp_imagenet.ImagenetConfig.small(), arch="resnet18", image_size=16, resize=16,
                               method="magnitude", block=8, steps=12, batch_size=4, checkpoint_every=5,
                               warmup_epochs=0.5)
+    task = sapp_imagenet.setup(cfg, root, torch.device("cpu"), 1)  # the uint8 pipeline, normalised on the device
+    assert isinstance(task.train_data.dataset, Uint8ImageFolder) and task.net._forward_pre_hooks
     ref = sapp_imagenet.run(cfg, str(root), out=str(tmp_path / "ref"), seed=2)
     cut = sapp_imagenet.run(cfg, str(root), out=str(tmp_path / "cut"), seed=2, stop_after=8)
     assert not cut["completed"]

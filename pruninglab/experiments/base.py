@@ -143,6 +143,13 @@ def _arg_type(kind: str) -> Callable[[str], Any]:
     return lambda text: None if text.lower() == "none" else text
 
 
+def _seed(text: str) -> int:
+    value = _finite(text, "", int)
+    if value is not None and not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63 - 1], got {text!r}")
+    return value
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, skip: Sequence[str] = ()) -> None:
     """One ``--field-name`` option per field of ``config_cls`` (default None = the preset's value).
 
@@ -158,7 +165,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, skip
         flag = "--" + f.name.replace("_", "-")
         helptext = (f.metadata.get("help", "") if f.metadata else "").replace("%", "%%")
         kind = _kind(hints.get(f.name, f.type))
-        if kind == "bool":
+        if f.name == "seed" and kind == "int":  # checked while parsing: before any data is looked for
+            group.add_argument(flag, dest=f.name, type=_seed, default=None, help=helptext, metavar="SEED")
+        elif kind == "bool":
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                help=helptext)
         else:
@@ -317,6 +326,9 @@ def _parser(spec: Experiment) -> argparse.ArgumentParser:
                    help="re-run the recorded run of this config.json exactly (with --resume: continue it)")
     p.add_argument("--plan", action="store_true",
                    help="print what the run will need (steps, memory, time, disk) and exit without running")
+    p.add_argument("--gpu", default="h100",
+                   help="with --plan: the GPU to project the time for (default: h100)")
+    p.add_argument("--num-gpus", type=int, default=1, help="with --plan: how many GPUs (default: 1)")
     p.add_argument("--overwrite-result", action="store_true",
                    help="replace a stored result of the same identity that differs (never needed otherwise)")
     p.add_argument("--device", default=None,
@@ -327,8 +339,8 @@ def _parser(spec: Experiment) -> argparse.ArgumentParser:
     return p
 
 
-_COMMON = ("scale", "data", "out", "resume", "new_attempt", "config", "plan", "overwrite_result", "device",
-           "no_progress", "stop_after")
+_COMMON = ("scale", "data", "out", "resume", "new_attempt", "config", "plan", "gpu", "num_gpus",
+           "overwrite_result", "device", "no_progress", "stop_after")
 
 
 def _field_overrides(spec: Experiment, args: argparse.Namespace) -> dict:
@@ -412,13 +424,10 @@ def _command(spec: Experiment, run_dir: Path, resume: bool) -> str:
     return f"{head} {spec.name} --config {shlex.quote(str(run_dir / runtime.CONFIG_NAME))}{tail}"
 
 
-def _plan(spec: Experiment, config: ExperimentConfig) -> int:
-    try:
-        from .. import plan as planner
-    except ImportError:
-        raise ValueError(f"--plan: the run planner (pruninglab.plan) is not part of this installation; "
-                         f"expected it to plan {spec.name}") from None
-    print(planner.format_plan(planner.plan_for(spec.name, config)))
+def _plan(spec: Experiment, config: ExperimentConfig, gpu: str, num_gpus: int) -> int:
+    from .. import plan as planner
+
+    print(planner.format_plan(planner.plan_for(spec.name, config, gpu=gpu, num_gpus=num_gpus)))
     return 0
 
 
@@ -448,6 +457,8 @@ def main(spec: Experiment, argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"--data: {spec.name} uses no dataset; expected no --data")
     if not spec.resumable and args.resume:
         raise ValueError(f"--resume: {spec.name} keeps no checkpoints (it is short); expected no --resume")
+    if args.out is not None and not args.plan and int(os.environ.get("RANK", "0")) == 0:
+        runtime.check_writable(runtime.runs_root(args.out), "--out (runs root)")  # before data is read
     exact = None
     if args.config is not None:
         config, sc, data = _config_from_file(spec, args.config, args)
@@ -461,9 +472,13 @@ def main(spec: Experiment, argv: Sequence[str] | None = None) -> int:
             raw = args.data or os.environ["PRUNINGLAB_DATA"]
             overrides["data"] = str(Path(raw).resolve()) if Path(raw).exists() else raw
         config = spec.config_cls.for_scale(sc, **overrides)
+        if args.plan:  # the plan runs on synthetic inputs of the real shapes: no dataset needed
+            return _plan(spec, config, args.gpu, args.num_gpus)
         data = _resolve_data(spec, args.data, config)
     if args.plan:
-        return _plan(spec, config)
+        return _plan(spec, config, args.gpu, args.num_gpus)
+    if args.gpu != "h100" or args.num_gpus != 1:
+        raise ValueError("--gpu/--num-gpus: only used with --plan; expected --plan")
 
     record = identity_record(spec.name, sc, config, data)
     base_id = runtime.run_id(spec.name, record, config.seed)

@@ -46,7 +46,7 @@ REGISTRY_NAME = {"fc5": "fc5", "fc12": "fc12", "alexnet": "alexnet_cifar", "vgg1
                  "resnet18": "resnet18_cifar", "resnet50": "resnet50_cifar"}
 #: How the actual limit is measured (see :class:`LimitConfig`).
 LIMIT_RULES = ("strict", "at_least_bisect")
-DATASETS = ("digits", "cifar10", "cifar100")
+DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet")
 #: The dataset each of the paper's models is trained on in the paper.
 PAPER_DATASET = {"fc5": "cifar10", "fc12": "cifar10", "alexnet": "cifar10", "vgg16": "cifar10",
                  "resnet18": "cifar100", "resnet50": "cifar100"}
@@ -67,6 +67,9 @@ PAPER_SETTINGS: dict[str, dict[str, Any]] = {
     "resnet50": dict(lr=0.1, warmup_epochs=5, schedule="cosine", l1=2e-5, lanczos_steps=128, zero_mass_rows=100,
                      hessian_batch_size=250),
 }
+# TinyImageNet (the paper's two other tasks: ResNet18 and ResNet50): its settings are not in the text or
+# code available to us [R]; the presets reuse the same network's CIFAR-100 settings above, the CIFAR
+# stem (3x3 stride-1 conv, no max-pool; 64x64 images end in 8x8 maps) and crop (pad 4) + flip.
 # (hessian_batch_size is ours, not the paper's: the chunk of training images per double-backward pass,
 # sized so that the second-order graph of a conv net fits in GPU memory; it does not change the Hessian.)
 
@@ -86,7 +89,8 @@ class LimitConfig(ExperimentConfig):
     """
 
     model: str = option("mlp-32-32", "fc5, fc12, alexnet, vgg16, resnet18, resnet50 (the paper's) or mlp-H1-H2-...")
-    dataset: str = option("digits", "digits (bundled), cifar10 or cifar100 (a folder given by --data); "
+    dataset: str = option("digits", "digits (bundled), cifar10, cifar100 or tinyimagenet (a folder given by "
+                                    "--data; tinyimagenet with resnet18/resnet50: settings [R]); "
                                     "default: the model's dataset in the paper")
     l1: float = option(1e-4, "[P] l1 strength (per task in the full preset)")
     lr: float = option(0.05, "[P] learning rate (per task in the full preset)")
@@ -220,8 +224,10 @@ def build_model(model: str, in_shape: Sequence[int], num_classes: int) -> nn.Mod
         return models.build_model("fc_net", hidden=hidden, num_classes=num_classes, in_features=in_features)
     if kind in ("fc5", "fc12"):
         return models.build_model(kind, num_classes=num_classes, in_features=in_features)
-    if tuple(in_shape) != (3, 32, 32):
-        raise ValueError(f"model: {model} expects 3x32x32 images; the dataset gives {tuple(in_shape)}")
+    sizes = ((3, 32, 32), (3, 64, 64)) if kind in ("resnet18", "resnet50") else ((3, 32, 32),)
+    if tuple(in_shape) not in sizes:
+        expected = " or ".join("x".join(map(str, s)) for s in sizes)
+        raise ValueError(f"model: {model} expects {expected} images; the dataset gives {tuple(in_shape)}")
     return models.build_model(REGISTRY_NAME[kind], num_classes=num_classes)
 
 
@@ -266,6 +272,11 @@ def _load_data(config: LimitConfig, data_dir: str | None, dev: torch.device) -> 
         num_classes = 10
         if config.augment:
             raise ValueError("augment: the digits are 8x8 feature vectors; crop+flip augmentation is for CIFAR")
+    elif config.dataset == "tinyimagenet":
+        split = _tinyimagenet(data_dir, config)
+        x_tr, y_tr, x_te, y_te = split.x_train, split.y_train, split.x_test, split.y_test
+        mean, std = split.mean, split.std
+        num_classes = split.num_classes
     else:
         split = cifar_split(data_dir, config.dataset, train_samples=config.train_samples,
                             test_samples=config.test_samples, seed=config.seed)
@@ -283,6 +294,27 @@ def _load_data(config: LimitConfig, data_dir: str | None, dev: torch.device) -> 
     hess_src = TensorBatches(x_tr[:n_h], y_tr[:n_h], config.hessian_batch_size, shuffle=False, drop_last=False, **kw)
     hessian = [(x, y) for x, y in hess_src]
     return _Data(train, test, eps_batches, hessian, tuple(x_tr.shape[1:]), num_classes)
+
+
+def _tinyimagenet(data_dir: str | None, config: LimitConfig):
+    """TinyImageNet, with ``train_samples`` / ``test_samples`` drawn evenly over the classes (seeded)."""
+    import dataclasses as dc
+
+    from ..data.tinyimagenet import tinyimagenet_split, tinyimagenet_wnids
+
+    n_classes = len(tinyimagenet_wnids(data_dir))
+    per = {k: None if n is None else -(-n // n_classes)
+           for k, n in (("train", config.train_samples), ("test", config.test_samples))}
+    split = tinyimagenet_split(data_dir, train_per_class=per["train"], test_per_class=per["test"])
+    gen = torch.Generator().manual_seed(config.seed)
+    picked = {}
+    for name, n in (("train", config.train_samples), ("test", config.test_samples)):
+        x, y = getattr(split, f"x_{name}"), getattr(split, f"y_{name}")
+        if n is not None and n < len(x):
+            keep = torch.randperm(len(x), generator=gen)[:n].sort().values
+            x, y = x[keep], y[keep]
+        picked[f"x_{name}"], picked[f"y_{name}"] = x, y
+    return dc.replace(split, **picked)
 
 
 @torch.no_grad()
@@ -513,12 +545,13 @@ def _resolve_data(data: str | None, config: LimitConfig) -> str | None:
     if config.dataset == "digits":
         if data is not None:
             raise ValueError("--data: the digits are bundled with scikit-learn; expected no --data with dataset "
-                             "digits (or --dataset cifar10/cifar100 with a CIFAR folder)")
+                             "digits (or --dataset cifar10/cifar100/tinyimagenet with its folder)")
         return None
     if data is None and os.environ.get("PRUNINGLAB_DATA"):
         data = os.environ["PRUNINGLAB_DATA"]
     if data is None:
-        raise ValueError(f"--data: {config.dataset} needs its folder (torchvision format); expected --data DIR "
+        layout = "TinyImageNet layout" if config.dataset == "tinyimagenet" else "torchvision format"
+        raise ValueError(f"--data: {config.dataset} needs its folder ({layout}); expected --data DIR "
                          "or $PRUNINGLAB_DATA")
     return data
 

@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from .. import _checks, models
-from ..data.criteo import CriteoBatches, index_lines
+from ..data.criteo import index_lines
+from ..data.criteo_prepared import open_criteo
+from ..optim import DenseSparseAdam
 from ..train import all_reduce_sum
 from . import base, sapp
 from .base import option
@@ -94,25 +96,39 @@ class CriteoConfig(SappConfig):
 
 
 def resolve_data(data: str | None) -> Path:
-    """The training TSV: ``--data FILE`` or ``DIR`` (-> ``DIR/train.txt``), else ``$PRUNINGLAB_DATA/criteo/train.txt``."""
+    """The training data: ``--data`` a folder prepared by ``prepare-criteo``, a TSV file, or a folder holding
+    ``train.txt``; else ``$PRUNINGLAB_DATA/criteo/train.txt``."""
     if data is None:
         base = os.environ.get("PRUNINGLAB_DATA")
         if not base:
             raise ValueError(
                 "data: no Criteo file given; pass --data FILE (train.txt of the Kaggle release, or one written by "
-                "`python -m pruninglab make-criteo FILE --rows N`) or set $PRUNINGLAB_DATA"
+                "`python -m pruninglab make-criteo FILE --rows N`), a folder prepared by `python -m pruninglab "
+                "prepare-criteo`, or set $PRUNINGLAB_DATA"
             )
         data = str(Path(base) / "criteo" / "train.txt")
     p = Path(data)
+    if _prepared(p):
+        return p
     if p.is_dir():
         p = p / "train.txt"
     if not p.is_file():
-        raise FileNotFoundError(f"data: no Criteo TSV file at {p}")
+        raise FileNotFoundError(f"data: no Criteo TSV file or prepared folder at {p}")
     return p
 
 
-def make_evaluate(val: CriteoBatches, dev: torch.device):
-    """Validation log loss, accuracy and AUC over ``val``, summed over all torchrun processes.
+def _prepared(path: Path) -> bool:
+    return path.is_dir() and ((path / "meta.json").is_file() or (path / "progress.json").exists())
+
+
+def _num_rows(path: Path) -> int:
+    if _prepared(path):
+        return open_criteo(path, 1, mode="eval", rank=0, world_size=1).num_rows
+    return index_lines(path).num_lines
+
+
+def make_evaluate(val, dev: torch.device):
+    """Validation log loss, accuracy and AUC over ``val`` (text or prepared batches), summed over all torchrun processes.
 
     Defined in book/sapp_criteo.md. The AUC comes from per-class histograms of the predicted
     probability (``AUC_BINS`` bins, all-reduced), so it needs no gather of the predictions.
@@ -149,23 +165,28 @@ def make_evaluate(val: CriteoBatches, dev: torch.device):
 
 def setup(config: CriteoConfig, path: Path, dev: torch.device, world: int) -> sapp.TaskSetup:
     """Data, model, optimizer and evaluation of one Criteo run. Defined in book/sapp_criteo.md."""
-    index = index_lines(path)
-    n_train = int(math.floor(config.train_fraction * index.num_lines))
-    val_end = index.num_lines if config.val_rows is None else min(index.num_lines, n_train + config.val_rows)
+    num_lines = _num_rows(path)
+    n_train = int(math.floor(config.train_fraction * num_lines))
+    val_end = num_lines if config.val_rows is None else min(num_lines, n_train + config.val_rows)
     if n_train < 1 or val_end <= n_train:
         raise ValueError(
-            f"train_fraction: {config.train_fraction} of the {index.num_lines} rows of {path} leaves "
+            f"train_fraction: {config.train_fraction} of the {num_lines} rows of {path} leaves "
             f"{n_train} training and {val_end - n_train} validation rows; both must be non-empty"
         )
     micro = base.per_rank_batch(config.batch_size, world, config.accumulate)
-    kw = dict(num_buckets=config.num_buckets, on_error=config.on_error, num_workers=config.workers)
-    train_data = CriteoBatches(path, micro, start_row=0, end_row=n_train, mode="train", **kw)
-    val_data = CriteoBatches(path, config.eval_batch_size, start_row=n_train, end_row=val_end, mode="eval", **kw)
-    net = models.build_model("criteo_mlp", num_buckets=config.num_buckets, embed_dim=config.embed_dim).to(dev)
+    # A prepared folder is read as memory-mapped arrays (no text parsing); a TSV file by the text reader.
+    kw = dict(num_buckets=config.num_buckets, on_error=config.on_error, num_workers=config.workers,
+              pin_memory=dev.type == "cuda")
+    train_data = open_criteo(path, micro, start_row=0, end_row=n_train, mode="train", **kw)
+    val_data = open_criteo(path, config.eval_batch_size, start_row=n_train, end_row=val_end, mode="eval", **kw)
+    # Sparse embedding gradients: only the rows a batch touched, stepped by lazy Adam (and all-reduced as
+    # sparse rows under torchrun); no gradient clipping touches the table.
+    net = models.build_model("criteo_mlp", num_buckets=config.num_buckets, embed_dim=config.embed_dim,
+                             sparse_embedding=True).to(dev)
 
     def make_optimizer(model: nn.Module, total_steps: int, steps_per_epoch: int):
         groups = sapp.parameter_groups(model, config.weight_decay, config.logit_weight_decay)
-        opt = torch.optim.Adam(groups, lr=config.lr)
+        opt = DenseSparseAdam(model, lr=config.lr, weight_decay=config.weight_decay, dense_groups=groups)
         decay = base.lr_lambda_exponential(total_steps, config.lr, config.lr_final)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, decay)
 
@@ -173,8 +194,9 @@ def setup(config: CriteoConfig, path: Path, dev: torch.device, world: int) -> sa
         return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
 
     def data_metrics() -> dict:  # called after the run: the skipped-line counts are known then
+        prepared = getattr(train_data, "meta", {}).get("skipped", 0)  # skipped when the folder was prepared
         return {"train_rows": n_train, "val_rows": val_end - n_train,
-                "malformed_lines_skipped": train_data.skipped + val_data.skipped}
+                "malformed_lines_skipped": prepared + train_data.skipped + val_data.skipped}
 
     return sapp.TaskSetup(
         net=net, train_data=train_data, evaluate=make_evaluate(val_data, dev), make_optimizer=make_optimizer,

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from .. import _checks, models
-from ..data.imagenet import imagefolder_datasets
-from ..train import all_reduce_sum, dist_info, make_loader
+from ..data.imagenet import attach_input_normalization, imagenet_loader, uint8_imagefolder_datasets
+from ..train import all_reduce_sum
 from . import base, sapp
 from .base import option
 from .sapp import SappConfig, experiment_name  # noqa: F401  (re-exported for the chapters)
@@ -105,29 +105,24 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
     return models.build_model(arch, num_classes=num_classes)
 
 
-def _to_channels_last(module: nn.Module, args: tuple) -> tuple:
-    # A forward pre-hook rather than a wrapper module: state_dict keys stay those of the ResNet.
-    return (args[0].contiguous(memory_format=torch.channels_last),) + tuple(args[1:])
-
-
 def make_evaluate(val_ds, config: ImagenetConfig, dev: torch.device):
     """Top-1 / top-5 accuracy and loss on the validation set, split over torchrun processes and all-reduced.
 
     Defined in book/sapp_imagenet.md. Rank ``r`` of ``W`` evaluates images ``r, r+W, ...``, so
-    every image counts exactly once (no padding as with ``DistributedSampler``).
+    every image counts exactly once (no padding as with ``DistributedSampler``). Batches are uint8;
+    the model's input hook (:func:`~pruninglab.data.imagenet.attach_input_normalization`) normalises
+    them on the device.
     """
-    rank, _, world = dist_info()
-    shard = torch.utils.data.Subset(val_ds, list(range(rank, len(val_ds), world)))
-    loader = torch.utils.data.DataLoader(shard, batch_size=config.eval_batch_size, shuffle=False,
-                                         num_workers=config.workers, pin_memory=dev.type == "cuda")
+    loader = imagenet_loader(val_ds, config.eval_batch_size, seed=config.seed, num_workers=config.workers,
+                             pin_memory=dev.type == "cuda", prefetch_factor=2)
 
     @torch.no_grad()
     def evaluate(model: nn.Module) -> dict:
         was_training = model.training
         model.eval()  # batch-norm running statistics, whoever calls this
         sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, top-1, top-5, images
-        for images, labels in loader:
-            images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
+        for (images, flips), labels in loader:
+            images, labels = (images.to(dev, non_blocking=True), flips), labels.to(dev, non_blocking=True)
             with torch.autocast(dev.type, dtype=torch.bfloat16) if (config.amp and dev.type == "cuda") \
                     else contextlib.nullcontext():
                 logits = model(images)
@@ -147,14 +142,16 @@ def make_evaluate(val_ds, config: ImagenetConfig, dev: torch.device):
 
 def setup(config: ImagenetConfig, root: Path, dev: torch.device, world: int) -> sapp.TaskSetup:
     """Data, model, optimizer and evaluation of one ImageNet run. Defined in book/sapp_imagenet.md."""
-    train_ds, val_ds = imagefolder_datasets(root, config.image_size, config.resize, seed=config.seed)
+    train_ds, val_ds = uint8_imagefolder_datasets(root, config.image_size, config.resize, seed=config.seed)
     micro = base.per_rank_batch(config.batch_size, world, config.accumulate)
-    loader = make_loader(train_ds, micro, seed=config.seed, num_workers=config.workers,
-                         pin_memory=dev.type == "cuda")
+    # Workers decode and crop to uint8; flip, float conversion and normalisation run on the device.
+    loader = imagenet_loader(train_ds, micro, seed=config.seed, num_workers=config.workers,
+                             pin_memory=dev.type == "cuda")
     net = build_model(config.arch, len(train_ds.classes)).to(dev)
-    if config.channels_last and dev.type == "cuda":
+    channels_last = config.channels_last and dev.type == "cuda"
+    if channels_last:
         net.to(memory_format=torch.channels_last)
-        net.register_forward_pre_hook(_to_channels_last)
+    attach_input_normalization(net, channels_last=channels_last)
 
     def make_optimizer(model: nn.Module, total_steps: int, steps_per_epoch: int):
         groups = sapp.parameter_groups(model, config.weight_decay, config.logit_weight_decay)
