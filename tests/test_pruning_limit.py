@@ -370,7 +370,8 @@ def test_big_paper_models_weight_counts():
 
 
 def test_zero_mass_counts_exactly_zero_hessian_rows():
-    from pruninglab.experiments.limit import _zero_mass, hessian_parameters
+    from pruninglab.experiments.limit import _zero_mass
+    from pruninglab.sharpness import hessian_parameters
 
     seed_everything(0)
     net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .. import _checks, models, runtime
+from ..sharpness import hessian_parameters
 from ..data.cifar import TensorBatches, cifar_split
 from ..limits.pruning_limit import (
     MagnitudeRadius,
@@ -231,21 +232,6 @@ def build_model(model: str, in_shape: Sequence[int], num_classes: int) -> nn.Mod
     return models.build_model(REGISTRY_NAME[kind], num_classes=num_classes)
 
 
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-
-
-def hessian_parameters(model: nn.Module) -> list[str]:
-    """The parameters the Hessian is taken over: all of them except normalisation layers' (as in the paper's code).
-
-    Defined in book/limit_experiments.md. Biases are included, so this ``D`` exceeds the number of
-    prunable weights ``D_w``.
-    """
-    skip = set()
-    for mod_name, mod in model.named_modules():
-        if isinstance(mod, _NORM_TYPES):
-            prefix = f"{mod_name}." if mod_name else ""
-            skip.update(prefix + n for n, _ in mod.named_parameters(recurse=False))
-    return [n for n, p in model.named_parameters() if p.requires_grad and n not in skip]
 
 
 @dataclass
@@ -352,24 +338,15 @@ def _lr_lambda(config: LimitConfig, steps_per_epoch: int, total_steps: int):
     return factor
 
 
-def _actual_limit(model: nn.Module, accuracy, config: LimitConfig, tolerance: float, progress):
-    """The actual limit under ``config.limit_rule``: ``strict`` is the largest ``p`` on a grid of step
-    ``limit_grid_step`` with accuracy strictly above dense - tolerance; ``at_least_bisect`` the coarse
-    grid + bisection with ``>=``."""
-    import inspect
-
-    if "grid_step" in inspect.signature(actual_pruning_limit).parameters:
-        extra = (dict(grid_step=config.limit_grid_step) if config.limit_rule == "strict"
-                 else dict(grid=config.grid, resolution=config.resolution))
-        return actual_pruning_limit(model, accuracy, tolerance=tolerance, rule=config.limit_rule,
-                                    progress=progress, **extra)
-    # A library without the named rules: the same searches through its ">" / ">=" comparison.
-    if config.limit_rule == "strict":
-        steps = int(round(1 / config.limit_grid_step))
-        return actual_pruning_limit(model, accuracy, tolerance=tolerance, rule=">", grid=steps,
-                                    resolution=config.limit_grid_step, progress=progress)
-    return actual_pruning_limit(model, accuracy, tolerance=tolerance, rule=">=", grid=config.grid,
-                                resolution=config.resolution, progress=progress)
+def _actual_limit(model: nn.Module, accuracy, config: LimitConfig, tolerance: float, progress,
+                  rule: str | None = None):
+    """The actual limit under ``rule`` (default ``config.limit_rule``): ``strict`` is the largest ``p`` on a
+    grid of step ``limit_grid_step`` with accuracy strictly above dense - tolerance (the paper's code);
+    ``at_least_bisect`` the coarse grid + bisection with ``>=``."""
+    rule = rule or config.limit_rule
+    extra = (dict(grid_step=config.limit_grid_step) if rule == "strict"
+             else dict(grid=config.grid, resolution=config.resolution))
+    return actual_pruning_limit(model, accuracy, tolerance=tolerance, rule=rule, progress=progress, **extra)
 
 
 def _zero_mass(model: nn.Module, loss_fn, data, params: list[str], rows: int, progress: bool | None = None) -> float:
@@ -492,6 +469,11 @@ def run(
     actual = measure(config.tolerance)
     for tol in config.report_tolerances:
         extra[f"actual_tolerance_{tol:g}"] = measure(tol).removed
+    # Both rules' answers, so a reader sees how much the rule moves the limit.
+    for rule in LIMIT_RULES:
+        extra[f"actual_{rule}"] = (actual.removed if rule == config.limit_rule else
+                                   _actual_limit(model, lambda m: _accuracy(m, data.test), config,
+                                                 config.tolerance, progress, rule=rule).removed)
     from ..masks import prunable_parameters
 
     prunable = list(prunable_parameters(model).values())
