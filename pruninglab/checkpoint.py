@@ -1,6 +1,6 @@
 """Checkpoints of the training loop: atomic writes, RNG state, and the config check on resume.
 
-Defined in book/intro.md (resume); used by :func:`pruninglab.train.train`.
+; used by :func:`pruninglab.train.train`.
 
 A checkpoint is one ``torch.save`` file loadable with ``weights_only=True``: tensors, plain Python values,
 and the run's config as a JSON string. It is written to a temporary file in the same folder, flushed

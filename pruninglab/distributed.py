@@ -1,7 +1,7 @@
 """torchrun helpers: process rank and world size, the process group, device per process, sums over
 processes, and a data loader whose order depends only on the seed and the epoch.
 
-Defined in book/sapp_imagenet.md (data parallelism); :func:`make_loader` in book/intro.md.
+Defined in book/intro.md; :func:`make_loader` in book/intro.md.
 
 A run launched by ``torchrun --nproc_per_node=N`` has ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` in its
 environment; everything here reduces to the single-process case when they are absent.
@@ -72,7 +72,7 @@ def is_distributed() -> bool:
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum ``values`` over all torchrun processes (returned as is on a single process).
 
-    Defined in book/sapp_imagenet.md. Distributed evaluation sums per-rank totals (loss sums,
+    Distributed evaluation sums per-rank totals (loss sums,
     counts, correct predictions) with this and divides afterwards, so the result equals a
     single-process evaluation over the same rows.
     """

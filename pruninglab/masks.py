@@ -106,7 +106,7 @@ def prunable_parameters(
 ) -> dict[str, nn.Parameter]:
     """The parameters pruned by default: weights of conv/linear layers, in module order.
 
-    Defined in book/intro.md. A tensor shared by several layers (tied weights) appears once, under
+    Defined in book/sharpness.md. A tensor shared by several layers (tied weights) appears once, under
     the first name that reaches it; masks keyed by any of its names apply to it.
     """
     if not isinstance(model, nn.Module):
@@ -250,8 +250,6 @@ class LayerSparsity:
 @dataclass
 class SparsityReport:
     """Achieved sparsity per layer and in total. Prints as a table; shows as a table in Jupyter.
-
-    Defined in book/intro.md.
     """
 
     rows: list[LayerSparsity] = field(default_factory=list)

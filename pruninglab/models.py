@@ -95,8 +95,6 @@ FC12_WIDTHS = (1000, 900, 800, 750, 700, 650, 600, 500, 400, 200, 100)
 
 def fc_net(hidden: Sequence[int], num_classes: int = 10, in_features: int = 3 * 32 * 32) -> nn.Sequential:
     """A fully connected ReLU net on flattened images: ``in_features -> hidden... -> num_classes``.
-
-    Defined in book/limit_experiments.md.
     """
     return nn.Sequential(nn.Flatten(), *mlp([in_features, *hidden, num_classes]))
 
@@ -108,8 +106,6 @@ def fc5(num_classes: int = 10, in_features: int = 3 * 32 * 32) -> nn.Sequential:
 
 def fc12(num_classes: int = 10, in_features: int = 3 * 32 * 32) -> nn.Sequential:
     """The paper's FC12: 3072-1000-900-800-750-700-650-600-500-400-200-100-10 (7.26 M weights).
-
-    Defined in book/limit_experiments.md.
     """
     return fc_net(FC12_WIDTHS, num_classes, in_features)
 
@@ -117,7 +113,7 @@ def fc12(num_classes: int = 10, in_features: int = 3 * 32 * 32) -> nn.Sequential
 class AlexNetCifar(nn.Module):
     """AlexNet for 32x32 inputs upsampled x7 to 224x224: 5 conv layers (96-256-384-384-256) + FC 6400-4096-4096-classes.
 
-    Defined in book/limit_experiments.md. The unpadded stride-4 11x11 first convolution and three 3x3/2
+    The unpadded stride-4 11x11 first convolution and three 3x3/2
     max-pools give a 256x5x5 = 6400 feature map, matching the paper's 6400-wide first FC layer and
     its 46.8 M prunable weights. The upsampling mode and dropout are not given in our source
     ([our choice]: nearest-neighbour, no dropout by default).
@@ -147,8 +143,6 @@ VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "
 
 def vgg16_bn_cifar(num_classes: int = 10) -> nn.Sequential:
     """VGG16 with batch norm for 32x32 inputs, 13 conv layers and a single 512 -> classes head (14.7 M weights).
-
-    Defined in book/limit_experiments.md.
     """
     layers: list[nn.Module] = []
     channels = 3
@@ -173,16 +167,12 @@ def _cifar_resnet(arch: str, num_classes: int) -> nn.Module:
 
 def resnet18_cifar(num_classes: int = 100) -> nn.Module:
     """torchvision's ResNet18 with a CIFAR stem (3x3 stride-1 conv, no max-pool): 11.2 M weights at 100 classes.
-
-    Defined in book/limit_experiments.md.
     """
     return _cifar_resnet("resnet18", num_classes)
 
 
 def resnet50_cifar(num_classes: int = 100) -> nn.Module:
     """torchvision's ResNet50 with a CIFAR stem (3x3 stride-1 conv, no max-pool): 23.7 M weights at 100 classes.
-
-    Defined in book/limit_experiments.md.
     """
     return _cifar_resnet("resnet50", num_classes)
 
@@ -219,7 +209,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 def build_model(name: str, **kwargs) -> nn.Module:
     """The model registered as ``name`` in :data:`MODELS`, built with ``kwargs``.
 
-    Defined in book/intro.md. ``build_model("resnet50", num_classes=1000)``,
+    ``build_model("resnet50", num_classes=1000)``,
     ``build_model("fc_net", hidden=[32, 32], num_classes=10, in_features=64)``.
     """
     if name not in MODELS:

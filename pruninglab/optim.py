@@ -1,7 +1,5 @@
 """One optimizer for a model with sparse embedding gradients: Adam for dense parameters, lazy Adam for rows.
 
-Defined in book/sapp_criteo.md.
-
 ``torch.optim.Adam`` refuses sparse gradients and ``torch.optim.SparseAdam`` refuses dense ones;
 :class:`DenseSparseAdam` holds one of each behind a single ``torch.optim.Optimizer`` (so LR schedulers,
 ``zero_grad`` and checkpoints see one object). Under ``torch.distributed`` it also averages the sparse
@@ -26,7 +24,7 @@ def _sparse_parameters(model: nn.Module) -> list[nn.Parameter]:
 def allreduce_sparse_mean(grad: torch.Tensor) -> torch.Tensor:
     """The mean over processes of a sparse COO gradient (all-gather of indices and values; any backend).
 
-    Defined in book/sapp_criteo.md. Without an initialised process group, or with one process, returns
+    Without an initialised process group, or with one process, returns
     ``grad`` coalesced. Ranks may have different numbers of rows: they are padded to the largest.
     """
     import torch.distributed as dist
@@ -57,8 +55,6 @@ def allreduce_sparse_mean(grad: torch.Tensor) -> torch.Tensor:
 
 class DenseSparseAdam(torch.optim.Optimizer):
     """Adam on the dense parameters of ``model``, SparseAdam (lazy Adam) on its sparse embedding tables.
-
-    Defined in book/sapp_criteo.md.
 
     The two share ``lr``, ``betas`` and ``eps``; ``weight_decay`` applies to the dense parameters only
     (SparseAdam has none; the paper's Criteo recipe uses none). Lazy Adam updates the moments of the

@@ -1,7 +1,5 @@
 """What a run will cost, before it is launched: FLOPs, memory, input rate, hours, checkpoint size.
 
-Defined in book/sapp_imagenet.md.
-
 :func:`plan_for` builds the exact model of an experiment's config, runs a few forward/backward passes
 on this machine on synthetic inputs of the real shapes at a small batch, and extrapolates:
 
@@ -133,8 +131,6 @@ def _jpeg_folder(root: str, n: int = 12, size=(375, 500)) -> None:
 
 def measure_imagenet_input(image_size: int = 224, resize: int = 256, seconds: float = 2.0) -> float:
     """Images/s of one worker of the uint8 pipeline (decode + random-resized crop) on 500x375 JPEGs.
-
-    Defined in book/sapp_imagenet.md.
     """
     from .data.imagenet import Uint8ImageFolder
 
@@ -146,8 +142,6 @@ def measure_imagenet_input(image_size: int = 224, resize: int = 256, seconds: fl
 
 def measure_criteo_input(batch_size: int = 32768, num_buckets: int = 1000, seconds: float = 1.0) -> float:
     """Rows/s of one process reading prepared Criteo arrays (memory maps, page cache warm).
-
-    Defined in book/sapp_criteo.md.
     """
     from .data.criteo import write_synthetic_criteo
     from .data.criteo_prepared import CriteoArrays, prepare_criteo
@@ -354,7 +348,7 @@ def plan_for(experiment_name: str, config, *, gpu: str = "h100", num_gpus: int =
              utilisation: float | None = None, measure_batch: int = 2) -> dict:
     """The plan of one run: size, FLOPs, memory, input rate and projected time on ``num_gpus`` x ``gpu``.
 
-    Defined in book/sapp_imagenet.md. See the module docstring for each number's method. Runs a few
+    See the module docstring for each number's method. Runs a few
     passes of the real model at ``measure_batch`` samples on this machine (seconds to a minute on a CPU).
     """
     from ._checks import fraction, one_of, positive_int
@@ -496,8 +490,6 @@ def _human(v: float) -> str:
 
 def format_plan(plan: dict) -> str:
     """A readable table of a plan, then one line of JSON (the same numbers, for scripts).
-
-    Defined in book/sapp_imagenet.md.
     """
     rows = [
         ("experiment", plan["experiment"]),

@@ -1,6 +1,6 @@
 """The book's figure helpers: one house style; functions return ``(fig, ax)`` and never call ``plt.show()``.
 
-Defined in book/intro.md.
+Defined in book/convex_geometry.md.
 """
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
 """The training loop's CSV log, ``metrics.csv``: one row per logged step.
 
-Defined in book/intro.md.
-
 Columns, in order of first appearance:
 
 ``step``

@@ -343,7 +343,7 @@ CONFIG_NAME = "config.json"
 def runs_root(out: str | os.PathLike | None = None) -> Path:
     """The folder that holds run folders: ``out`` if given, else ``$PRUNINGLAB_RUNS``, else ``./runs``.
 
-    Defined in book/intro.md. Always returned absolute, so that a run is named the same from any
+    Always returned absolute, so that a run is named the same from any
     working directory.
     """
     base = out if out is not None else (os.environ.get("PRUNINGLAB_RUNS") or "runs")
@@ -361,7 +361,7 @@ def config_hash(record: Mapping[str, Any]) -> str:
 def run_id(experiment: str, record: Mapping[str, Any], seed: int, attempt: int = 1) -> str:
     """The name of one run: ``<experiment>-<hash8 of the full resolved config>-s<seed>`` (``-aN`` for attempt N > 1).
 
-    Defined in book/intro.md. ``record`` is everything the run depends on (its config fields, seed,
+    Defined in book/block_sparse_speed.md. ``record`` is everything the run depends on (its config fields, seed,
     scale and resolved data path); two runs with the same name are the same computation.
     """
     _check_experiment_name(experiment)
@@ -407,8 +407,6 @@ def save_result(
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Store the metrics of a run with its config and provenance; return the JSON path.
-
-    Defined in book/intro.md.
 
     The file is ``<results_dir>/<run_id>/result.json`` for a run with an identity (see :func:`run_id`),
     else ``<results_dir>/result.json`` (``out_dir`` overrides the folder). It is written atomically,
@@ -466,7 +464,7 @@ def load_result(
 ) -> dict | None:
     """The stored record of ``experiment`` at a scale (``metrics``, ``config``, ``provenance``), or None.
 
-    Defined in book/intro.md. ``run_id`` picks one run of the experiment (see :func:`save_result`).
+    Defined in book/convex_geometry.md. ``run_id`` picks one run of the experiment (see :func:`save_result`).
     """
     folder = Path(out_dir) if out_dir is not None else results_dir(experiment, scale_name)
     if run_id is not None and out_dir is None:

@@ -1,7 +1,5 @@
 """CIFAR-10 and CIFAR-100 from a local folder in torchvision's on-disk format (never downloads).
 
-Defined in book/limit_experiments.md.
-
 The format is the "python version" of the datasets, the one ``torchvision.datasets.CIFAR10`` /
 ``CIFAR100`` download and read::
 
@@ -51,8 +49,6 @@ def _check_name(name: str) -> str:
 
 def expected_layout(name: str) -> str:
     """The folder layout :func:`cifar_folder` expects, as text (for error messages and docs).
-
-    Defined in book/limit_experiments.md.
     """
     key = _check_name(name)
     files = CIFAR_TRAIN_FILES[key] + CIFAR_TEST_FILES[key] + [CIFAR_META_FILES[key]]
@@ -62,7 +58,7 @@ def expected_layout(name: str) -> str:
 def cifar_folder(root: str | os.PathLike | None, name: str = "cifar10") -> Path:
     """The dataset folder inside ``root`` (``root`` may also be that folder itself); clear error if missing.
 
-    Defined in book/limit_experiments.md. ``root=None`` reads ``$PRUNINGLAB_DATA``.
+    ``root=None`` reads ``$PRUNINGLAB_DATA``.
     """
     key = _check_name(name)
     if root is None:
@@ -156,7 +152,7 @@ def read_cifar_split(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One split as ``(images, labels)``: uint8 ``N x 3 x 32 x 32`` and int64 ``N``.
 
-    Defined in book/limit_experiments.md. ``labels="coarse"`` gives CIFAR-100's 20 superclasses.
+    ``labels="coarse"`` gives CIFAR-100's 20 superclasses.
     """
     key = _check_name(name)
     if labels not in ("fine", "coarse"):
@@ -193,8 +189,6 @@ def read_cifar_split(
 
 def class_names(root: str | os.PathLike | None, name: str = "cifar10") -> list[str]:
     """The class names from the meta file (``label_names`` / ``fine_label_names``).
-
-    Defined in book/limit_experiments.md.
     """
     key = _check_name(name)
     path = cifar_folder(root, key) / CIFAR_META_FILES[key]
@@ -211,8 +205,6 @@ def class_names(root: str | os.PathLike | None, name: str = "cifar10") -> list[s
 @dataclass
 class CifarSplit:
     """Train and test images (uint8) and labels of CIFAR-10/100, plus the normalisation statistics.
-
-    Defined in book/limit_experiments.md.
     """
 
     name: str
@@ -237,8 +229,6 @@ def cifar_split(
     seed: int = 0,
 ) -> CifarSplit:
     """CIFAR-10/100 train and test splits from ``root`` (optionally a random subset of each, for small runs).
-
-    Defined in book/limit_experiments.md.
     """
     key = _check_name(name)
     x_tr, y_tr = read_cifar_split(root, key, train=True)
@@ -259,8 +249,6 @@ def cifar_split(
 
 class TensorBatches:
     """Minibatches of in-memory tensors, optionally normalised and augmented on the device.
-
-    Defined in book/limit_experiments.md.
 
     A re-iterable data source for :func:`pruninglab.train.train`: ``len()`` batches per epoch,
     ``set_epoch(e)`` fixes the order (and the augmentation) of epoch ``e`` from ``(seed, e)`` alone,
@@ -361,7 +349,7 @@ def write_cifar(
 ) -> Path:
     """Write a small synthetic dataset in the exact CIFAR-10/100 "python version" layout; return its folder.
 
-    Defined in book/limit_experiments.md. For tests and offline demos: CIFAR-10 gets five training
+    For tests and offline demos: CIFAR-10 gets five training
     files of ``train_per_file`` images each, CIFAR-100 one training file of ``5 * train_per_file``
     images. Images are class-dependent colour blobs plus noise, so a network can learn them.
     """

@@ -149,8 +149,6 @@ def _parse_raw(
 
 def preprocess_integers(raw: np.ndarray) -> torch.Tensor:
     """Raw integer features -> float32 ``log(max(x, -2) + 3)`` (missing was stored as 0 -> ``log 3``).
-
-    Defined in book/sapp_criteo.md.
     """
     return torch.from_numpy(np.log(np.maximum(np.asarray(raw, dtype=np.float64), -2.0) + 3.0).astype(np.float32))
 
@@ -183,7 +181,7 @@ def parse_lines(
 def file_hint(path: str | os.PathLike) -> str:
     """A hint about what a file that is not a Criteo TSV is instead ('' when nothing stands out).
 
-    Defined in book/sapp_criteo.md. Recognises an empty file, gzip/bzip2/xz/zip archives and
+    Recognises an empty file, gzip/bzip2/xz/zip archives and
     comma-separated text.
     """
     try:
@@ -225,7 +223,7 @@ _INDEX_CACHE: dict[tuple, LineIndex] = {}
 def index_lines(path: str | os.PathLike, every: int = INDEX_EVERY) -> LineIndex:
     """Scan a file once in binary blocks; count lines and record where every ``every``-th line starts.
 
-    Defined in book/sapp_criteo.md. A last line without a final newline counts as a line.
+    A last line without a final newline counts as a line.
     Results are cached per (path, size, mtime).
     """
     p = Path(path)
@@ -318,8 +316,6 @@ class _Chunks(torch.utils.data.IterableDataset):
 
 def check_criteo_file(index: LineIndex) -> None:
     """Refuse an empty, compressed or wrongly delimited file with a message that says which it is.
-
-    Defined in book/sapp_criteo.md.
     """
     if index.num_lines == 0:
         raise CriteoFormatError(f"{index.path}: the file is empty; expected Criteo TSV rows "
@@ -513,8 +509,6 @@ def write_synthetic_criteo(
 
 def make_criteo_main(argv: list[str] | None = None) -> int:
     """``python -m pruninglab make-criteo FILE --rows N [--seed S] [--test-format]``.
-
-    Defined in book/sapp_criteo.md.
     """
     parser = argparse.ArgumentParser(
         prog="python -m pruninglab make-criteo",

@@ -1,7 +1,5 @@
 """Criteo prepared once: the TSV converted to memory-mapped ``.npy`` arrays, and a reader over them.
 
-Defined in book/sapp_criteo.md.
-
 ``python -m pruninglab prepare-criteo train.txt DIR`` parses the text once (with the text reader's
 line-numbered errors) and writes into ``DIR``:
 
@@ -105,8 +103,6 @@ def prepare_criteo(
     log=None,
 ) -> Path:
     """Convert a Criteo TSV into memory-mapped arrays in ``out_dir`` (resumable, atomic); return ``out_dir``.
-
-    Defined in book/sapp_criteo.md.
 
     ``num_buckets`` is fixed at preparation (the ids are hashed); a reader asking for another value is
     refused. ``workers`` processes parse chunks in parallel (0 = in this process). ``on_error="skip"``
@@ -233,8 +229,6 @@ def _say(log, msg: str) -> None:
 class CriteoArrays:
     """Batches ``((integers, categoricals), labels)`` from a prepared folder, as :class:`CriteoBatches` gives them.
 
-    Defined in book/sapp_criteo.md.
-
     Same arguments and semantics as :class:`pruninglab.data.criteo.CriteoBatches` (rows
     ``start_row .. end_row-1``; ``mode="train"``: global batches of ``batch_size x world`` consecutive
     rows, rank ``r`` takes its slice, the incomplete last one dropped; ``mode="eval"``: batches dealt
@@ -335,7 +329,7 @@ class CriteoArrays:
 def open_criteo(path: str | os.PathLike, batch_size: int, **kwargs):
     """A prepared folder (with ``meta.json``) -> :class:`CriteoArrays`; a TSV file -> :class:`CriteoBatches`.
 
-    Defined in book/sapp_criteo.md. Text-only options (``on_error``, ``num_workers``, ``has_label``) are
+    Text-only options (``on_error``, ``num_workers``, ``has_label``) are
     ignored for prepared folders; ``pin_memory`` is ignored for text.
     """
     from .criteo import CriteoBatches

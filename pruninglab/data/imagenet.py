@@ -127,7 +127,7 @@ def _pil_rgb_loader(path: str):
 class SeededImageFolder(ImageFolder):
     """``ImageFolder`` whose random transforms are seeded per sample by ``(seed, epoch, index)``.
 
-    Defined in book/sapp_imagenet.md. :func:`pruninglab.train.train` calls ``set_epoch`` before
+    :func:`pruninglab.train.train` calls ``set_epoch`` before
     each epoch. Files are matched by extension, case-insensitively (``.JPEG`` and ``.jpg``).
     """
 
@@ -152,7 +152,7 @@ def imagefolder_datasets(
 ) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
     """``(train, val)`` datasets from ``root/train`` and ``root/val`` with the ResNet-50 transforms.
 
-    Defined in book/sapp_imagenet.md. The layout is checked first (:func:`check_imagefolder`).
+    The layout is checked first (:func:`check_imagefolder`).
     """
     classes = check_imagefolder(root)
     train = SeededImageFolder(Path(root) / "train", transform=resnet_transforms(True, image_size, resize), seed=seed)
@@ -184,7 +184,7 @@ def _quiet_torchvision_io() -> None:
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The per-sample seed of :class:`SeededImageFolder` and :class:`Uint8ImageFolder`.
 
-    Defined in book/sapp_imagenet.md. Depends only on ``(seed, epoch, index)``.
+    Depends only on ``(seed, epoch, index)``.
     """
     return ((int(seed) * 1_000_003 + int(epoch)) * 10_000_019 + int(index)) % (2**63)
 
@@ -192,7 +192,7 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 def decode_image_uint8(path: str | os.PathLike) -> torch.Tensor:
     """Decode an image file to a uint8 ``[3, H, W]`` RGB tensor; a bad file raises ``ValueError`` naming it.
 
-    Defined in book/sapp_imagenet.md. JPEG/PNG/WebP/GIF through ``torchvision.io`` (libjpeg-turbo),
+    JPEG/PNG/WebP/GIF through ``torchvision.io`` (libjpeg-turbo),
     anything else through PIL; grey, palette and CMYK images become RGB; 16-bit PNGs are scaled to 8 bits
     (the network's input is 8-bit).
     """
@@ -234,7 +234,7 @@ def random_resized_crop_box(
 ) -> tuple[int, int, int, int]:
     """``(top, left, h, w)`` of a random crop with area share in ``scale`` and aspect ratio in ``ratio``.
 
-    Defined in book/sapp_imagenet.md. The usual Inception-style rule: up to 10 tries of an area share
+    The usual Inception-style rule: up to 10 tries of an area share
     drawn uniformly and an aspect ratio drawn log-uniformly; if none fits, the largest centred crop
     whose aspect ratio is clamped into ``ratio``. All numbers are drawn from ``generator``.
     """
@@ -263,7 +263,7 @@ def random_resized_crop_box(
 def resize_uint8(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear, antialiased resize of a uint8 ``[3, H, W]`` image to ``size``; stays uint8, channels-last memory.
 
-    Defined in book/sapp_imagenet.md. Uses torch's uint8 resampling kernel (no float copy of the image).
+    Uses torch's uint8 resampling kernel (no float copy of the image).
     """
     x = image.unsqueeze(0).contiguous(memory_format=torch.channels_last)
     if tuple(x.shape[-2:]) != tuple(size):
@@ -274,8 +274,6 @@ def resize_uint8(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 class Uint8ImageFolder(torch.utils.data.Dataset):
     """An ImageFolder that yields uint8 crops, seeded per sample, for the device-side normalisation.
-
-    Defined in book/sapp_imagenet.md.
 
     ``train=True``: random-resized crop to ``image_size`` (area 8-100 %, aspect 3/4-4/3) and a random
     horizontal-flip bit; an item is ``(image, flip, label)`` with ``image`` uint8 ``[3, S, S]``
@@ -332,7 +330,7 @@ class Uint8ImageFolder(torch.utils.data.Dataset):
 def collate_uint8(items) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``[(image, flip, label), ...]`` -> ``((images uint8 [B, 3, S, S] channels-last, flips bool [B]), labels)``.
 
-    Defined in book/sapp_imagenet.md. One copy into a ``[B, S, S, 3]`` buffer (pinned by the loader
+    One copy into a ``[B, S, S, 3]`` buffer (pinned by the loader
     when asked), viewed as NCHW with channels-last strides.
     """
     images = torch.stack([x.permute(1, 2, 0) for x, _, _ in items]).permute(0, 3, 1, 2)
@@ -344,7 +342,7 @@ def collate_uint8(items) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tenso
 class EpochSampler(torch.utils.data.Sampler):
     """Wraps a sampler with ``set_epoch`` and yields ``(epoch, index)`` keys.
 
-    Defined in book/sapp_imagenet.md. With persistent DataLoader workers the dataset copy in each
+    With persistent DataLoader workers the dataset copy in each
     worker never sees ``set_epoch``; the epoch travels with the key instead.
     """
 
@@ -379,8 +377,6 @@ def imagenet_loader(
     world_size: int | None = None,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader for :class:`Uint8ImageFolder`: order from ``(seed, epoch)``, split over ranks, uint8 batches.
-
-    Defined in book/sapp_imagenet.md.
 
     Training (``dataset.train``): shuffled, last incomplete batch dropped; evaluation: file order, each
     rank takes every ``world``-th image, nothing dropped or padded. ``pin_memory`` defaults to whether
@@ -426,7 +422,7 @@ def uint8_imagefolder_datasets(
 ) -> tuple[Uint8ImageFolder, Uint8ImageFolder]:
     """``(train, val)`` :class:`Uint8ImageFolder` datasets from ``root/train`` and ``root/val``.
 
-    Defined in book/sapp_imagenet.md. The layout is checked first (:func:`check_imagefolder`).
+    The layout is checked first (:func:`check_imagefolder`).
     """
     classes = check_imagefolder(root)
     train = Uint8ImageFolder(Path(root) / "train", train=True, image_size=image_size, resize=resize, seed=seed)
@@ -446,7 +442,7 @@ def normalize_on_device(
 ) -> torch.Tensor:
     """uint8 ``[B, 3, H, W]`` on the device -> flipped where ``flips``, ``dtype``, ImageNet-normalised.
 
-    Defined in book/sapp_imagenet.md. ``(x / 255 - mean) / std`` as one multiply-add per element;
+    ``(x / 255 - mean) / std`` as one multiply-add per element;
     ``channels_last=True`` returns channels-last memory (what cuDNN's fastest convolutions want).
     Runs on whatever device ``images`` is on, with no host synchronisation.
     """
@@ -465,7 +461,7 @@ def normalize_on_device(
 def attach_input_normalization(model: torch.nn.Module, *, channels_last: bool = True):
     """Make ``model`` accept the uint8 batches of :func:`imagenet_loader`; return the hook handle.
 
-    Defined in book/sapp_imagenet.md. A forward pre-hook (so the state_dict keys stay those of the
+    A forward pre-hook (so the state_dict keys stay those of the
     model) turns an input ``(images uint8, flips)`` or a uint8 tensor into normalised float with
     :func:`normalize_on_device`; float inputs pass through unchanged (only made channels-last when
     asked). The training loop then needs no change: it moves the batch to the device and calls the model.
@@ -487,7 +483,7 @@ def attach_input_normalization(model: torch.nn.Module, *, channels_last: bool = 
 def decode_jpegs_on_device(encoded: list[torch.Tensor], device: str | torch.device = "cuda") -> list[torch.Tensor]:
     """Decode a list of encoded JPEGs (uint8 byte tensors) on ``device`` in one batched call (nvJPEG on CUDA).
 
-    Defined in book/sapp_imagenet.md. Optional: workers then only read bytes and the crop happens on the
+    Optional: workers then only read bytes and the crop happens on the
     device. ``torchvision.io.decode_jpeg`` supports ``device="cuda"`` in torchvision >= 0.19; on "cpu" the
     same call decodes with libjpeg-turbo (what the tests exercise here).
     """
@@ -552,8 +548,6 @@ def make_imagefolder(
 
 def make_imagefolder_main(argv: list[str] | None = None) -> int:
     """``python -m pruninglab make-imagefolder DIR --classes C --per-class N [--val-per-class M] [--size S] [--seed S]``.
-
-    Defined in book/sapp_imagenet.md.
     """
     parser = argparse.ArgumentParser(
         prog="python -m pruninglab make-imagefolder",

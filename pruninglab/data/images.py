@@ -68,7 +68,7 @@ def _check_channels(channels) -> int:
 class TensorSignals(torch.utils.data.Dataset):
     """In-memory signals from a tensor of images ``(M, H, W, C)`` (uint8, or real floats in ``value_range``).
 
-    Defined in book/meta_sparse_inr.md. uint8 images are kept as uint8 and scaled on access. Float
+    uint8 images are kept as uint8 and scaled on access. Float
     images must be finite and inside ``value_range`` (default ``(0, 1)``; ``(-1, 1)`` for signed
     signals): 0..255 floats, NaN pixels or complex values are refused with a message.
     """
@@ -153,7 +153,7 @@ def _check_count(count, available: int) -> int:
 def load_image(path: str | os.PathLike, resolution: int, *, resize: int | None = None, channels: int = 3) -> torch.Tensor:
     """Read one image file: optional resize of the shorter side, centre crop to a square, ``(H, W, C)`` in [0, 1].
 
-    Defined in book/meta_sparse_inr.md. ``resize=None`` crops without resizing (CelebA: 178x218 ->
+    ``resize=None`` crops without resizing (CelebA: 178x218 ->
     178x178). A missing file raises ``FileNotFoundError``; a file that is not a readable image (or
     is truncated, or smaller than the crop) raises ``ValueError`` naming the file.
     """
@@ -229,8 +229,6 @@ def _load_high_depth(im, path: Path, resolution: int, resize: int | None, channe
 
 class ImageFileSignals(torch.utils.data.Dataset):
     """Signals read lazily from image files (see :func:`load_image` for the transform and errors).
-
-    Defined in book/meta_sparse_inr.md.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], resolution: int, *, resize: int | None = None,
@@ -273,8 +271,6 @@ class ImageFileSignals(torch.utils.data.Dataset):
 @dataclass
 class SignalSplit:
     """Meta-train and meta-test signals of one dataset.
-
-    Defined in book/meta_sparse_inr.md.
     """
 
     name: str
@@ -299,8 +295,6 @@ class SignalSplit:
 
 def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
     """Sorted image files in ``folder`` (by extension); errors if it is missing or holds none.
-
-    Defined in book/meta_sparse_inr.md.
     """
     folder = Path(folder)
     if not folder.exists():
@@ -328,7 +322,7 @@ def celeba_split(root: str | os.PathLike, resolution: int = 178, *, resize: int 
                  test_split: str = "test", channels: int = 3) -> SignalSplit:
     """CelebA from disk: train = partition 0, test = partition 2 (``test_split="val"``: 1), centre crop.
 
-    Defined in book/meta_sparse_inr.md. ``root`` holds ``img_align_celeba/`` and
+    ``root`` holds ``img_align_celeba/`` and
     ``list_eval_partition.txt`` (or a ``celeba/`` folder that does). Test images come in file order.
     The paper crops 178x178 without resizing (``resize=None``); for smaller signals pass
     ``resize=resolution`` (shorter side resized first).
@@ -382,7 +376,7 @@ def imagenette_split(root: str | os.PathLike, resolution: int = 178, *, resize: 
                      channels: int = 3) -> SignalSplit:
     """An ImageFolder dataset (Imagenette): ``train/<class>/*`` and ``val/<class>/*``; resize, centre crop.
 
-    Defined in book/meta_sparse_inr.md. Test images come in ImageFolder order.
+    Test images come in ImageFolder order.
     """
     root = Path(root)
     if not root.exists():
@@ -402,7 +396,7 @@ def imagenette_split(root: str | os.PathLike, resolution: int = 178, *, resize: 
 def folder_split(root: str | os.PathLike, resolution: int, *, test_fraction: float = 0.1, channels: int = 3) -> SignalSplit:
     """Any folder of images: sorted files, the last ``test_fraction`` (at least one) is the test set.
 
-    Defined in book/meta_sparse_inr.md. Each image is resized (shorter side) to the resolution
+    Each image is resized (shorter side) to the resolution
     and centre cropped.
     """
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
@@ -422,7 +416,7 @@ def folder_split(root: str | os.PathLike, resolution: int, *, test_fraction: flo
 def image_folder_split(root: str | os.PathLike, resolution: int | None = None, *, channels: int = 3) -> SignalSplit:
     """Recognise CelebA, an ImageFolder (Imagenette) or a plain folder, and split it.
 
-    Defined in book/meta_sparse_inr.md. ``resolution=None`` means the paper's 178. CelebA is
+    ``resolution=None`` means the paper's 178. CelebA is
     centre cropped at 178 (other resolutions: resized first); an ImageFolder's shorter side is
     resized to ``round(200/178 * resolution)`` before the crop, as the paper's 200 -> 178.
     """
@@ -487,7 +481,7 @@ def photo_crops(size: int = 32, *, crops_per_photo: int = 40, shorter_side: int 
                 seed: int = 0) -> SignalSplit:
     """Random ``size`` x ``size`` RGB crops of the bundled colour photos; train/test split by source photo.
 
-    Defined in book/meta_sparse_inr.md. Each photo is first resized so its shorter side is
+    Each photo is first resized so its shorter side is
     ``shorter_side`` (so a crop shows a part of a scene, as a 178-pixel crop of an Imagenette image
     does), then ``crops_per_photo`` crops are drawn. The last ``num_test_photos`` photos of
     :data:`BUNDLED_PHOTOS` give the meta-test signals, so no test crop overlaps a training photo.

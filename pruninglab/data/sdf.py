@@ -1,7 +1,5 @@
 """Signed distance functions (SDFs) as signals: the paper's file format and an analytic generator.
 
-Defined in book/meta_sparse_inr.md.
-
 The paper's third signal type is 2D signed distance fields (the SDF data of Learnit, Tancik et al.
 2021). The official Meta-SparseINR code reads them from one file, ``data_2d_sdf.npz``, holding two
 arrays ``train_data`` and ``test_data`` of shape ``(count, 178, 178, channels)`` with values 0..255,
@@ -61,7 +59,7 @@ def _check_npz_array(arr: np.ndarray, key: str, path: Path) -> np.ndarray:
 def load_sdf_npz(path: str | os.PathLike) -> SignalSplit:
     """Read the paper's SDF file (``data_2d_sdf.npz``: ``train_data`` and ``test_data``) as signals.
 
-    Defined in book/meta_sparse_inr.md. ``path`` is the file or a folder that holds it.
+    ``path`` is the file or a folder that holds it.
     """
     path = Path(path)
     if path.is_dir():
@@ -90,8 +88,6 @@ def load_sdf_npz(path: str | os.PathLike) -> SignalSplit:
 
 def write_sdf_npz(path: str | os.PathLike, train: np.ndarray | torch.Tensor, test: np.ndarray | torch.Tensor) -> Path:
     """Write fields ``(count, H, W, C)`` with values in [0, 1] in the paper's format (uint8 0..255).
-
-    Defined in book/meta_sparse_inr.md.
     """
     path = Path(path)
     if path.suffix != ".npz":
@@ -114,8 +110,6 @@ def write_sdf_npz(path: str | os.PathLike, train: np.ndarray | torch.Tensor, tes
 
 def circle_sdf(points: torch.Tensor, center, radius: float) -> torch.Tensor:
     """Signed distance from ``points (P, 2)`` to a circle (negative inside).
-
-    Defined in book/meta_sparse_inr.md.
     """
     c = torch.as_tensor(center, dtype=points.dtype, device=points.device)
     return torch.linalg.vector_norm(points - c, dim=-1) - float(radius)
@@ -123,8 +117,6 @@ def circle_sdf(points: torch.Tensor, center, radius: float) -> torch.Tensor:
 
 def box_sdf(points: torch.Tensor, center, half_size, angle: float = 0.0) -> torch.Tensor:
     """Exact signed distance to a box with half-sides ``half_size``, rotated by ``angle`` (radians).
-
-    Defined in book/meta_sparse_inr.md.
     """
     c = torch.as_tensor(center, dtype=points.dtype, device=points.device)
     h = torch.as_tensor(half_size, dtype=points.dtype, device=points.device)
@@ -141,7 +133,7 @@ def box_sdf(points: torch.Tensor, center, half_size, angle: float = 0.0) -> torc
 def polygon_sdf(points: torch.Tensor, vertices) -> torch.Tensor:
     """Exact signed distance to a simple polygon given by its vertices ``(V, 2)`` in order.
 
-    Defined in book/meta_sparse_inr.md. The magnitude is the distance to the nearest edge; the sign
+    The magnitude is the distance to the nearest edge; the sign
     comes from the even-odd (crossing number) rule.
     """
     v = torch.as_tensor(vertices, dtype=points.dtype, device=points.device)
@@ -164,8 +156,6 @@ def polygon_sdf(points: torch.Tensor, vertices) -> torch.Tensor:
 
 def encode_sdf(sdf: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
     """Distances to grey values: ``clip(0.5 + 0.5 * sdf / truncation, 0, 1)`` (level set at 0.5).
-
-    Defined in book/meta_sparse_inr.md.
     """
     if not truncation > 0:
         raise ValueError(f"truncation: expected a positive distance, got {truncation!r}")
@@ -175,7 +165,7 @@ def encode_sdf(sdf: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
 def random_shape_sdf(points: torch.Tensor, rng: np.random.Generator, max_shapes: int = 3) -> torch.Tensor:
     """The exact signed distance field of the union of 1..``max_shapes`` random circles, boxes and polygons.
 
-    Defined in book/meta_sparse_inr.md. The union's field is the pointwise minimum (exact outside
+    The union's field is the pointwise minimum (exact outside
     the shapes, a lower bound on the depth inside where shapes overlap).
     """
     fields = []
@@ -199,7 +189,7 @@ def random_shape_sdf(points: torch.Tensor, rng: np.random.Generator, max_shapes:
 def sdf_images(count: int, size: int = 32, *, seed: int = 0, truncation: float = 1.0) -> torch.Tensor:
     """``count`` random SDF fields sampled on a ``size`` x ``size`` grid, encoded as grey images ``(count, size, size, 1)``.
 
-    Defined in book/meta_sparse_inr.md. Points are ``(x, y)`` with row ``i`` at ``y_i`` and column ``j``
+    Points are ``(x, y)`` with row ``i`` at ``y_i`` and column ``j``
     at ``x_j``, both ``linspace(-1, 1, size)``.
     """
     from ..inr.siren import coordinate_grid
@@ -217,8 +207,6 @@ def sdf_images(count: int, size: int = 32, *, seed: int = 0, truncation: float =
 
 def sdf_split(num_train: int = 200, num_test: int = 20, size: int = 32, *, seed: int = 0) -> SignalSplit:
     """Random analytic SDF fields split into meta-train and meta-test (independent draws).
-
-    Defined in book/meta_sparse_inr.md.
     """
     for name, val in (("num_train", num_train), ("num_test", num_test)):
         if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:

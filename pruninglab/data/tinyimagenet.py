@@ -57,7 +57,7 @@ TINYIMAGENET_LAYOUT = """expected the layout of tiny-imagenet-200.zip:
 def tinyimagenet_folder(root: str | os.PathLike | None) -> Path:
     """The dataset folder (the one holding ``wnids.txt``); ``root=None`` reads ``$PRUNINGLAB_DATA``.
 
-    Defined in book/limit_experiments.md; used by the limit experiment's TinyImageNet presets. Raises ``FileNotFoundError`` naming what is
+    ; used by the limit experiment's TinyImageNet presets. Raises ``FileNotFoundError`` naming what is
     missing, followed by :data:`TINYIMAGENET_LAYOUT`.
     """
     if root is None:
@@ -86,7 +86,7 @@ def tinyimagenet_folder(root: str | os.PathLike | None) -> Path:
 def tinyimagenet_wnids(root: str | os.PathLike | None) -> list[str]:
     """The sorted class ids of ``wnids.txt`` (class index = position in this list).
 
-    Defined in book/limit_experiments.md; used by the limit experiment's TinyImageNet presets.
+    ; used by the limit experiment's TinyImageNet presets.
     """
     path = tinyimagenet_folder(root) / "wnids.txt"
     wnids = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
@@ -173,7 +173,7 @@ def read_tinyimagenet_split(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One split as ``(images, labels)``: uint8 ``N x 3 x 64 x 64`` and int64 ``N``.
 
-    Defined in book/limit_experiments.md; used by the limit experiment's TinyImageNet presets. ``train=False`` reads the validation set
+    ; used by the limit experiment's TinyImageNet presets. ``train=False`` reads the validation set
     (in the order of ``val_annotations.txt``). ``per_class`` reads at most that many images of each
     class (training: the first in sorted file order), for small runs.
     """
@@ -190,7 +190,7 @@ def read_tinyimagenet_split(
 class TinyImageNetSplit:
     """Train and validation images (uint8) and labels of TinyImageNet, plus the normalisation statistics.
 
-    Defined in book/limit_experiments.md; used by the limit experiment's TinyImageNet presets. Same fields as
+    ; used by the limit experiment's TinyImageNet presets. Same fields as
     :class:`pruninglab.data.cifar.CifarSplit`, so the same batching code serves both.
     """
 

@@ -1,6 +1,6 @@
 """The one skeleton every experiment uses: config pattern, command line, run identity, result.
 
-Defined in book/intro.md.
+Defined in book/limit_experiments.md.
 
 * **Config**: a frozen dataclass deriving from :class:`ExperimentConfig`, one field per setting,
   each declared with :func:`option` (default and help text; ``[P]`` marks the paper's value, ``[R]``
@@ -246,7 +246,7 @@ class RunContext:
 class RunResult:
     """The one result type of every experiment run from the command line.
 
-    Defined in book/intro.md. ``config`` is the identity record (experiment, scale, seed, resolved
+    ``config`` is the identity record (experiment, scale, seed, resolved
     data, config fields); ``provenance`` says where and how it ran; ``paths`` names the run folder and
     the files in it. Written as ``result.json`` in the run folder and in the results store, the same
     record in both (strict JSON: non-finite numbers are ``null``).
@@ -449,7 +449,7 @@ def _agree_across_ranks(run_dir: Path | None, error: str | None, dev_name: str |
 def main(spec: Experiment, argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, name the run, refuse what must be refused, run it, write its result; return 0.
 
-    Defined in book/intro.md. User errors are raised (ValueError, FileNotFoundError, OSError), for
+    Defined in book/sapp_imagenet.md. User errors are raised (ValueError, FileNotFoundError, OSError), for
     ``python -m pruninglab``'s one error path to report in one line.
     """
     args = _parser(spec).parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -553,7 +553,7 @@ def main(spec: Experiment, argv: Sequence[str] | None = None) -> int:
 def launch_command(experiment: str, nproc: int | None = None, **flags: Any) -> str:
     """The command that runs an experiment (``torchrun`` with ``nproc`` processes), e.g. for a chapter.
 
-    Defined in book/intro.md. ``flags`` become ``--flag value`` (``True`` alone, tuples comma-separated).
+    Defined in book/limit_experiments.md. ``flags`` become ``--flag value`` (``True`` alone, tuples comma-separated).
     """
     parts = ([f"torchrun --nproc_per_node={nproc} -m pruninglab"] if nproc else ["python -m pruninglab"])
     parts.append(experiment)
@@ -574,7 +574,7 @@ def recorded_results(experiment: str, match: Mapping[str, Any] | ExperimentConfi
                      seeds: Sequence[int] = (0, 1, 2), scale: str = "full", metrics: Sequence[str] = ()) -> dict:
     """The recorded runs of ``experiment`` whose config has the values in ``match``: mean +- std over seeds.
 
-    Defined in book/intro.md. Reads the results store (``results/<experiment>/<run id>/result.json``);
+    Defined in book/limit_experiments.md. Reads the results store (``results/<experiment>/<run id>/result.json``);
     the data path and the seed are not matched (``match`` names config fields, or is a config: all its
     fields but the seed). Returns ``{"runs",
     "seeds_present", "seeds_missing", "n", "mean", "std"}``; std is the sample standard deviation

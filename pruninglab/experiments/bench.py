@@ -30,8 +30,6 @@ def loadavg() -> float | None:
 
 def run_benchmark(script: Path, timeout_s: float = 900.0) -> dict:
     """Run one benchmark script in a fresh process; return its last-line JSON plus timing and load.
-
-    Defined in book/benchmarks.md.
     """
     if not script.exists():
         raise FileNotFoundError(f"script: no benchmark at {script}")

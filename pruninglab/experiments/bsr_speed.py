@@ -116,5 +116,5 @@ EXPERIMENT_SPEC = base.Experiment(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pruninglab bsr-speed [--scale small|full]``. Defined in book/block_sparse_speed.md."""
+    """``python -m pruninglab bsr-speed [--scale small|full]``. Defined in book/sapp_imagenet.md."""
     return base.main(EXPERIMENT_SPEC, argv)

@@ -196,8 +196,6 @@ class RunInterrupted(RuntimeError):
 
 def load_signals(config: INRConfig) -> SignalSplit:
     """The meta-train / meta-test signals named by ``config.data``.
-
-    Defined in book/meta_sparse_inr.md.
     """
     data, res = config.data, config.resolution
     if data == "faces":
@@ -442,7 +440,7 @@ EXPERIMENT_SPEC = base.Experiment(
 def main(argv: list[str] | None = None) -> int:
     """``python -m pruninglab inr --data DIR|faces|photos|sdf --scale small|full [--resume]``.
 
-    Defined in book/meta_sparse_inr.md.
+    Defined in book/sapp_imagenet.md.
     """
     return base.main(EXPERIMENT_SPEC, argv)
 

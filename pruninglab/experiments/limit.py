@@ -215,8 +215,6 @@ def _default_dataset(model: str) -> str:
 
 def build_model(model: str, in_shape: Sequence[int], num_classes: int) -> nn.Module:
     """The network named ``model`` for inputs of shape ``in_shape`` (without the batch dimension).
-
-    Defined in book/limit_experiments.md.
     """
     kind = _model_kind(model)
     in_features = int(math.prod(in_shape))
@@ -557,7 +555,7 @@ EXPERIMENT = base.Experiment(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``limit`` subcommand. Defined in book/limit_experiments.md."""
+    """The ``limit`` subcommand. Defined in book/sapp_imagenet.md."""
     return base.main(EXPERIMENT, argv)
 
 

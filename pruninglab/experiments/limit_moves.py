@@ -1,6 +1,6 @@
 """``python -m pruninglab limit-moves``: what moves paper 1's pruning limit (IMP, l2, weight scaling, pruners).
 
-Defined in book/limit_moves.md. One run is one seed of :class:`pruninglab.limits.interventions.MovesConfig`
+Defined in book/sapp_imagenet.md. One run is one seed of :class:`pruninglab.limits.interventions.MovesConfig`
 (the paper reports three: run ``--seed 0``, ``--seed 1``, ``--seed 2``); its metrics are what
 :func:`pruninglab.limits.interventions.run` returns for that seed.
 

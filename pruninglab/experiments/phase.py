@@ -149,7 +149,7 @@ EXPERIMENT_SPEC = base.Experiment(name=EXPERIMENT, config_cls=PhaseConfig, execu
 def main(argv: list[str] | None = None) -> int:
     """Command line: run the grids at the chosen scale and store them with provenance.
 
-    Defined in book/convex_geometry.md.
+    Defined in book/sapp_imagenet.md.
     """
     return base.main(EXPERIMENT_SPEC, argv)
 

@@ -1,6 +1,6 @@
 """``python -m pruninglab prepare-criteo train.txt DIR``: convert the Criteo TSV once into memory-mapped arrays.
 
-Defined in book/sapp_criteo.md. See :mod:`pruninglab.data.criteo_prepared` for the format.
+Defined in book/sapp_imagenet.md. See :mod:`pruninglab.data.criteo_prepared` for the format.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 def main(argv: list[str] | None = None) -> int:
     """``python -m pruninglab prepare-criteo FILE DIR [--num-buckets N] [--chunk-rows R] [--workers W] [--skip-bad-lines]``.
 
-    Defined in book/sapp_criteo.md.
+    Defined in book/sapp_imagenet.md.
     """
     from ..data.criteo_prepared import prepare_criteo
 

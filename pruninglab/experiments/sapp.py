@@ -1,7 +1,5 @@
 """The SA++ driver: one training/pruning pipeline, two task specifications (ImageNet, Criteo).
 
-Defined in book/sapp_imagenet.md.
-
 A task (:class:`SappTask`, in :mod:`~pruninglab.experiments.sapp_imagenet` and
 :mod:`~pruninglab.experiments.sapp_criteo`) says what differs between the paper's two settings:
 the data, the model, the optimizer and schedule, the evaluation and the metrics that describe a run.
@@ -32,7 +30,7 @@ METHODS = ("dense", "sapp", "acdc", "magnitude", "powerprop")
 class SappConfig(ExperimentConfig):
     """The settings both SA++ tasks share; each task's config derives from this one.
 
-    Defined in book/sapp_imagenet.md. [P] = the paper's value, [R] = our choice where it is silent.
+    [P] = the paper's value, [R] = our choice where it is silent.
     """
 
     method: str = option("sapp", "dense|sapp|acdc|magnitude|powerprop")
@@ -85,7 +83,7 @@ def check_method(method: str) -> str:
 def criteo_schedule(total_steps: int, method: str, pairs: int = 10):
     """The Criteo phases with ``pairs`` sparse-dense pairs between 20% dense and 20% final sparse.
 
-    Defined in book/sapp_criteo.md. ``pairs=5`` is :func:`pruninglab.pruners.schedule.criteo_phases`
+    ``pairs=5`` is :func:`pruninglab.pruners.schedule.criteo_phases`
     (ten phases of 6%); ``pairs=10`` reads the paper's "10 sparse-dense phases" as ten pairs of 3%
     each. SA++ (our reconstruction) turns each pair but the last into sparsify/sparse/dense thirds
     and the last into one sparsification; magnitude pruning does not use pairs.
@@ -124,7 +122,7 @@ def build_pruner(
 ):
     """The pruner of ``method`` for a run of ``total_steps`` optimizer steps (None for ``dense``).
 
-    Defined in book/sapp_imagenet.md. ``schedule`` is ``"imagenet"`` or ``"criteo"`` (the paper's
+    ``schedule`` is ``"imagenet"`` or ``"criteo"`` (the paper's
     phase fractions; ``pairs`` sparse-dense pairs on Criteo, :func:`criteo_schedule`). Build the
     optimizer *after* this: SA++ and PowerProp add or replace parameters of the model.
     """

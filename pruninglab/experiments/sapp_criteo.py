@@ -130,7 +130,7 @@ def _num_rows(path: Path) -> int:
 def make_evaluate(val, dev: torch.device):
     """Validation log loss, accuracy and AUC over ``val`` (text or prepared batches), summed over all torchrun processes.
 
-    Defined in book/sapp_criteo.md. The AUC comes from per-class histograms of the predicted
+    The AUC comes from per-class histograms of the predicted
     probability (``AUC_BINS`` bins, all-reduced), so it needs no gather of the predictions.
     """
 
@@ -164,7 +164,7 @@ def make_evaluate(val, dev: torch.device):
 
 
 def setup(config: CriteoConfig, path: Path, dev: torch.device, world: int) -> sapp.TaskSetup:
-    """Data, model, optimizer and evaluation of one Criteo run. Defined in book/sapp_criteo.md."""
+    """Data, model, optimizer and evaluation of one Criteo run."""
     num_lines = _num_rows(path)
     n_train = int(math.floor(config.train_fraction * num_lines))
     val_end = num_lines if config.val_rows is None else min(num_lines, n_train + config.val_rows)

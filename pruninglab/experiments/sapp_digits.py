@@ -127,5 +127,5 @@ EXPERIMENT_SPEC = base.Experiment(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pruninglab sapp-digits [--scale small|full] [--seed S]``. Defined in book/sapp.md."""
+    """``python -m pruninglab sapp-digits [--scale small|full] [--seed S]``. Defined in book/sapp_imagenet.md."""
     return base.main(EXPERIMENT_SPEC, argv)

@@ -98,8 +98,6 @@ def resolve_data(data: str | None) -> Path:
 
 def build_model(arch: str, num_classes: int) -> nn.Module:
     """A torchvision ResNet (random init) with ``num_classes`` outputs.
-
-    Defined in book/sapp_imagenet.md.
     """
     _checks.one_of(arch, "arch", ARCHS)
     return models.build_model(arch, num_classes=num_classes)
@@ -108,7 +106,7 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
 def make_evaluate(val_ds, config: ImagenetConfig, dev: torch.device):
     """Top-1 / top-5 accuracy and loss on the validation set, split over torchrun processes and all-reduced.
 
-    Defined in book/sapp_imagenet.md. Rank ``r`` of ``W`` evaluates images ``r, r+W, ...``, so
+    Rank ``r`` of ``W`` evaluates images ``r, r+W, ...``, so
     every image counts exactly once (no padding as with ``DistributedSampler``). Batches are uint8;
     the model's input hook (:func:`~pruninglab.data.imagenet.attach_input_normalization`) normalises
     them on the device.
@@ -141,7 +139,7 @@ def make_evaluate(val_ds, config: ImagenetConfig, dev: torch.device):
 
 
 def setup(config: ImagenetConfig, root: Path, dev: torch.device, world: int) -> sapp.TaskSetup:
-    """Data, model, optimizer and evaluation of one ImageNet run. Defined in book/sapp_imagenet.md."""
+    """Data, model, optimizer and evaluation of one ImageNet run."""
     train_ds, val_ds = uint8_imagefolder_datasets(root, config.image_size, config.resize, seed=config.seed)
     micro = base.per_rank_batch(config.batch_size, world, config.accumulate)
     # Workers decode and crop to uint8; flip, float conversion and normalisation run on the device.

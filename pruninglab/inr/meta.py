@@ -56,8 +56,6 @@ def masked(params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]
 def signal_loss(model: nn.Module, params: Mapping[str, torch.Tensor], coords: torch.Tensor,
                 target: torch.Tensor, masks: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Mean squared error of the (masked) network over every value of one signal ``(N, C)``.
-
-    Defined in book/meta_sparse_inr.md.
     """
     pred = functional_call(model, masked(params, masks), (coords,))
     return torch.mean((pred - target) ** 2)
@@ -68,7 +66,7 @@ def adapt(model: nn.Module, params: Mapping[str, torch.Tensor], coords: torch.Te
           first_order: bool = False) -> Params:
     """The MAML inner loop: ``steps`` plain SGD steps of size ``lr`` on one signal.
 
-    Defined in book/meta_sparse_inr.md. Differentiable with respect to ``params`` (second order);
+    Defined in book/sapp_imagenet.md. Differentiable with respect to ``params`` (second order);
     with ``first_order=True`` the inner gradients are treated as constants.
     """
     loss_grad = grad(lambda p: signal_loss(model, p, coords, target, masks))
@@ -99,8 +97,6 @@ def adapted_predictions(model: nn.Module, params: Mapping[str, torch.Tensor], co
                         signals: torch.Tensor, masks: Mapping[str, torch.Tensor] | None = None, *,
                         steps: int = 2, lr: float = 1e-2, first_order: bool = False) -> torch.Tensor:
     """Adapt to every signal of a meta-batch ``(B, N, C)`` at once (vmap) and predict: ``(B, N, C)``.
-
-    Defined in book/meta_sparse_inr.md.
     """
     _check_meta_inputs(coords, signals, steps, lr)
 
@@ -152,8 +148,6 @@ def _buffer_name(param_name: str) -> str:
 class MetaObjective(nn.Module):
     """A module whose forward is "adapt to each signal of the batch, then predict it".
 
-    Defined in book/meta_sparse_inr.md.
-
     This turns MAML's outer loop into an ordinary supervised step, so it runs in the shared loop
     :func:`pruninglab.train.train`: a batch is ``(signals, signals)`` (support = query = the whole
     signal), ``forward(signals)`` returns the post-adaptation predictions ``(B, N, C)`` and the loss
@@ -203,7 +197,7 @@ class MetaObjective(nn.Module):
 class KeepMasked(MaskHook):
     """Training hook: after every outer step set ``p = p * m`` on the raw parameters.
 
-    Defined in book/meta_sparse_inr.md. The forward already multiplies by the masks, so pruned
+    The forward already multiplies by the masks, so pruned
     entries get zero gradient; but Adam's moments from before a pruning round would still move
     their raw values. Zeroing them after each step keeps counts and exported weights exact. The
     masks live in the :class:`MetaObjective`, so this hook has no state of its own: it is the

@@ -74,8 +74,6 @@ def psnr(mse: torch.Tensor | float) -> torch.Tensor:
 
 def mean_psnr(mse_per_signal: torch.Tensor) -> float:
     """The paper's figure: the mean over signals of each signal's PSNR (not the PSNR of the mean MSE).
-
-    Defined in book/meta_sparse_inr.md.
     """
     return float(psnr(mse_per_signal).mean())
 
@@ -257,7 +255,7 @@ def _fit_chunk(model, params, coords, signals, masks, *, steps, lr, optimizer, b
 def oneshot_schedule(num_weights: int, keep: int, steps: int = 100) -> dict[int, int]:
     """MAML+OneShot: one prune straight to ``keep`` weights right after step ``steps // 2``.
 
-    Defined in book/meta_sparse_inr.md. ``num_weights`` is only checked (keep must not exceed it).
+    ``num_weights`` is only checked (keep must not exceed it).
     """
     if keep > num_weights:
         raise ValueError(f"keep: {keep} exceeds the {num_weights} weights of the network")
@@ -269,7 +267,7 @@ def oneshot_schedule(num_weights: int, keep: int, steps: int = 100) -> dict[int,
 def imp_schedule(num_weights: int, prunes: int, steps: int = 100, rate: float = 0.2) -> dict[int, int]:
     """MAML+IMP: ``prunes`` prunes of ``floor(rate * n)`` each, right after steps ``floor(steps*k/(prunes+1))``.
 
-    Defined in book/meta_sparse_inr.md. The keep counts follow the same floor recursion as the
+    The keep counts follow the same floor recursion as the
     Meta-SparseINR rounds, so after ``i`` prunes both have exactly the same number of weights.
     """
     from .siren import pruned_counts
@@ -290,7 +288,7 @@ def prune_round(objective: MetaObjective, method: str = "magnitude", rate: float
                 generator: torch.Generator | None = None) -> int:
     """Remove ``floor(rate * n)`` of the ``n`` surviving weights of ``objective.inr``, globally; return the new count.
 
-    Defined in book/meta_sparse_inr.md. ``method="magnitude"`` removes the smallest ``|w|`` (Meta-SparseINR),
+    ``method="magnitude"`` removes the smallest ``|w|`` (Meta-SparseINR),
     ``"random"`` a uniformly random subset of the survivors (Random Pruning; scores drawn from
     ``generator`` on the CPU so a seed gives the same masks on every device). Biases are never pruned.
     The new masks are installed and the pruned raw weights set to zero.
@@ -317,7 +315,7 @@ def round_optimizer(objective: MetaObjective, optimizer: torch.optim.Optimizer, 
                     fresh_optimizer_each_round: bool = True) -> torch.optim.Optimizer:
     """The outer optimizer for the next pruning round.
 
-    Defined in book/meta_sparse_inr.md. ``fresh_optimizer_each_round=True`` (the official code)
+    ``fresh_optimizer_each_round=True`` (the official code)
     returns a new optimizer of the same class and hyperparameters (``optimizer.defaults``) over
     ``objective``'s parameters, with empty state (no moments, step count 0); ``False`` returns
     ``optimizer`` itself, so Adam's moments carry across the round.
@@ -387,8 +385,6 @@ def meta_train(
     desc: str = "meta-train",
 ):
     """Run ``steps`` outer MAML steps through the shared loop :func:`pruninglab.train.train`.
-
-    Defined in book/meta_sparse_inr.md.
 
     ``signals`` yields ``(signal, signal)`` pairs (see :mod:`pruninglab.data.images`); meta-batches
     of ``meta_batch`` signals are drawn by :func:`pruninglab.train.make_loader` (order fixed by the

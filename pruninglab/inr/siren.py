@@ -43,8 +43,6 @@ def _positive_int(value, name: str) -> int:
 class Siren(nn.Module):
     """``depth`` sine layers of ``width`` units and a linear output layer.
 
-    Defined in book/meta_sparse_inr.md.
-
     Parameters are ``layers.{i}.weight`` / ``layers.{i}.bias`` for ``i = 0..depth`` (the last one is
     the linear output), so :func:`pruninglab.masks.prunable_parameters` returns exactly the weight
     matrices. The forward takes coordinates of shape ``(..., dim_in)``.

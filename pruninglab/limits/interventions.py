@@ -228,7 +228,7 @@ class TaskData:
 
 
 def build_network(config: MovesConfig, num_classes: int = 10, seed: int = 0) -> nn.Module:
-    """The network of ``config`` with the initialisation of ``seed``. Defined in book/limit_moves.md."""
+    """The network of ``config`` with the initialisation of ``seed``."""
     from .. import models
 
     torch.manual_seed(seed)

@@ -162,7 +162,7 @@ class BlockMagnitudePruner(ACDCPruner):
 class BlockPowerProp(nn.Module):
     """Block PowerPropagation parametrisation: ``beta -> beta * ||beta_T|| * M`` per block ``T``.
 
-    Defined in book/sapp.md. ``right_inverse`` maps a weight ``W`` to ``beta_T = W_T / sqrt(||W_T||)``,
+    ``right_inverse`` maps a weight ``W`` to ``beta_T = W_T / sqrt(||W_T||)``,
     so registering it leaves the layer's function unchanged.
     """
 
@@ -192,7 +192,7 @@ class BlockPowerProp(nn.Module):
 class PowerPropPruner(BlockPruner):
     """Block PowerPropagation, then block magnitude pruning by ``||W_T|| = ||beta_T||^2``, then fine-tuning.
 
-    Defined in book/sapp.md. Build the optimizer after the pruner (the stored parameter becomes ``beta``).
+    Build the optimizer after the pruner (the stored parameter becomes ``beta``).
     """
 
     def __init__(

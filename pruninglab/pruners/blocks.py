@@ -57,7 +57,7 @@ def _check_sparsity(sparsity: float) -> float:
 class BlockLayout:
     """How one weight tensor is tiled into ``block_size x block_size`` blocks.
 
-    Defined in book/sapp.md. ``rows x cols`` is the matrix view (see the module docstring),
+    ``rows x cols`` is the matrix view (see the module docstring),
     ``grid`` the number of block rows and block columns (ceil).
     """
 
@@ -174,8 +174,6 @@ def block_layout(weight: torch.Tensor | Sequence[int], block_size: int) -> Block
 def topk_block_mask(scores: torch.Tensor, k: int, alive: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean mask of the ``k`` highest ``scores`` (any shape), optionally only among ``alive`` entries.
 
-    Defined in book/sapp.md.
-
     Ties are broken by flat index (the earlier block wins), so the result is the same on every
     device. NaN scores rank below every other score (the pruners check weights for NaN). With
     ``alive``, the kept set is a subset of ``alive`` (nested pruning); if ``k`` exceeds the number of
@@ -221,7 +219,7 @@ def select_block_layers(
 ) -> dict[str, tuple[nn.Module, BlockLayout]]:
     """The layers a block pruner manages: ``"name.weight" -> (module, layout)``, in module order.
 
-    Defined in book/sapp.md.
+    Defined in book/sapp_imagenet.md.
 
     ``layers=None`` takes every conv/linear layer with at least ``min_blocks`` blocks. ``layers``
     may name modules (``"fc1"``) or their weights (``"fc1.weight"``); a named layer with fewer than
@@ -324,8 +322,6 @@ def block_masks_from_scores(
     sparsity: float,
 ) -> dict[str, torch.Tensor]:
     """Per-layer top-k **block** masks (``grid``-shaped bool) keeping ``N - floor(s N)`` blocks of each layer.
-
-    Defined in book/sapp.md.
     """
     s = _check_sparsity(sparsity)
     out = {}
@@ -341,8 +337,6 @@ def block_masks_from_scores(
 
 def expand_block_masks(block_masks: Mapping[str, torch.Tensor], layouts: Mapping[str, BlockLayout]) -> Masks:
     """Block masks (``grid``-shaped) expanded to element masks in the shared masks format.
-
-    Defined in book/sapp.md.
     """
     return {n: layouts[n].expand(m.to(torch.bool)) for n, m in block_masks.items()}
 
@@ -400,8 +394,6 @@ def effective_sparsity(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> f
 
 class BlockPruner(PhasedHook):
     """Shared machinery of the phased block pruners (SA++, ACDC, block magnitude, block PowerProp).
-
-    Defined in book/sapp.md.
 
     A block pruner is a training hook for :func:`pruninglab.train.train`: it selects the layers it
     manages (:func:`select_block_layers`), follows a phase schedule (:mod:`.schedule`), exposes
@@ -487,7 +479,7 @@ class BlockPruner(PhasedHook):
 def fold_parametrization(module: nn.Module, name: str = "weight") -> None:
     """Replace a parametrised tensor by its current value, as a plain parameter of ``module``.
 
-    Defined in book/sapp.md. Like ``parametrize.remove_parametrizations(..., leave_parametrized=True)``,
+    Like ``parametrize.remove_parametrizations(..., leave_parametrized=True)``,
     but it leaves the class that :mod:`torch.nn.utils.parametrize` created untouched: torch deletes the
     property from that class, which ``copy.deepcopy`` shares between a model and its copies, so
     finalizing one model would break every copy of it. The stored ``original`` keeps its identity

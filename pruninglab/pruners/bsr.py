@@ -73,8 +73,6 @@ def _padded(n: int, b: int) -> int:
 def block_structure(mask: torch.Tensor, block_size: BlockSize, name: str = "mask") -> torch.Tensor:
     """The grid of kept blocks of a block-structured 2-D mask (``True`` = block kept).
 
-    Defined in book/block_sparse_speed.md.
-
     The weight is tiled from the top-left corner into ``rows x cols`` blocks; when a side does not
     divide the weight, the last row/column of blocks is partial (the padding rule of
     ``pruninglab.pruners.blocks``: pad to whole blocks, crop back). Every (partial) block must be
@@ -111,8 +109,6 @@ def block_structure(mask: torch.Tensor, block_size: BlockSize, name: str = "mask
 
 def infer_block_size(mask: torch.Tensor, name: str = "mask") -> int | None:
     """The largest square block side > 1 that divides both sides of ``mask`` and fits its structure.
-
-    Defined in book/block_sparse_speed.md.
 
     Returns None when no such side exists (an unstructured mask, or a shape with no common
     divisor). Partial (padded) blocks are not considered here: pass ``block_size`` for those.
@@ -406,8 +402,6 @@ def storage_bytes(model: nn.Module) -> int:
 @dataclass
 class BsrTiming:
     """Interleaved dense-vs-BSR timings of one Linear layer (seconds per forward call).
-
-    Defined in book/block_sparse_speed.md.
     """
 
     out_features: int

@@ -270,7 +270,7 @@ def global_magnitude_masks(
 ) -> Masks:
     """Masks that prune the fraction ``sparsity`` of all eligible weights with the smallest ``|w|``, globally.
 
-    Defined in book/intro.md.
+    Defined in book/sharpness.md.
 
     ``model`` is an ``nn.Module`` (conv/linear weights are eligible; biases and norms untouched)
     or a dict name -> tensor. ``params`` restricts the eligible parameters by name (one name may be

@@ -32,10 +32,7 @@ METHODS = ("sapp", "acdc", "magnitude")
 
 @dataclass(frozen=True)
 class Phase:
-    """One phase ``[start, end)`` of a pruning schedule, in optimizer steps.
-
-    Defined in book/sapp.md.
-    """
+    """One phase ``[start, end)`` of a pruning schedule, in optimizer steps."""
 
     kind: str
     start: int
@@ -62,8 +59,6 @@ class Phase:
 
 def check_phases(phases: Sequence[Phase]) -> tuple[Phase, ...]:
     """Validate that ``phases`` are :class:`Phase` objects tiling ``[0, end)`` without gaps or overlaps.
-
-    Defined in book/sapp.md.
     """
     if isinstance(phases, Phase) or not isinstance(phases, Sequence) or len(phases) == 0:
         raise ValueError("phases: expected a non-empty sequence of Phase(kind, start, end)")
@@ -116,8 +111,6 @@ def kept_blocks(num_blocks: int, sparsity: float) -> int:
 
 def phases_from_fractions(total_steps: int, parts: Sequence[tuple[str, Fraction]]) -> tuple[Phase, ...]:
     """Phases whose lengths are the given fractions of ``total_steps`` (boundaries rounded half up).
-
-    Defined in book/sapp.md.
     """
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
         raise ValueError(f"total_steps: expected a positive integer, got {total_steps!r}")
@@ -211,8 +204,6 @@ def criteo_phases(total_steps: int, method: str = "sapp") -> tuple[Phase, ...]:
 
 class PhasedHook:
     """Bookkeeping shared by the phased pruners: which phase a step is in, and idempotent phase entry.
-
-    Defined in book/sapp.md.
 
     Subclasses implement ``_enter_phase(index, step)`` and, optionally, ``_during_phase(index, step)``.
     ``on_step_start`` returns ``True`` when a new phase begins at ``step > 0``, so the training loop

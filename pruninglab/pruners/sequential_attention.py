@@ -41,7 +41,7 @@ from .schedule import Phase, kept_blocks, sparsity_ramp
 class BlockAttention(nn.Module):
     """The SA++ parametrisation of one weight: ``W -> W * expand(A * M)``.
 
-    Defined in book/sapp.md. ``logits`` (a ``grid``-shaped Parameter) and ``mask`` (a ``grid``-shaped
+    ``logits`` (a ``grid``-shaped Parameter) and ``mask`` (a ``grid``-shaped
     bool buffer) are its state; ``clip`` optionally clamps ``A`` to ``[lo, hi]``.
     """
 
