@@ -250,7 +250,7 @@ class CriteoArrays:
         pin_memory: bool = False,
     ):
         from .._checks import one_of, positive_int
-        from ..train import dist_info
+        from ..distributed import dist_info
 
         positive_int(batch_size, "batch_size")
         one_of(mode, "mode", ("train", "eval"))

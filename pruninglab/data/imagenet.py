@@ -385,7 +385,7 @@ def imagenet_loader(
     :func:`attach_input_normalization`) on the device.
     """
     from .._checks import nonnegative_int, positive_int
-    from ..train import dist_info
+    from ..distributed import dist_info
 
     positive_int(batch_size, "batch_size")
     nonnegative_int(num_workers, "num_workers")

@@ -192,7 +192,7 @@ def sdf_images(count: int, size: int = 32, *, seed: int = 0, truncation: float =
     Points are ``(x, y)`` with row ``i`` at ``y_i`` and column ``j``
     at ``x_j``, both ``linspace(-1, 1, size)``.
     """
-    from ..inr.siren import coordinate_grid
+    from .coords import coordinate_grid
 
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise ValueError(f"count: expected a positive integer, got {count!r}")

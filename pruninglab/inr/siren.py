@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from ..data.coords import coordinate_grid  # re-exported: the grid an INR is fitted on
+
 __all__ = [
     "Siren",
     "siren",
@@ -146,15 +148,3 @@ def pruned_counts(num_weights: int, rounds: int, rate: float = 0.2) -> list[int]
     return counts
 
 
-def coordinate_grid(height: int, width: int | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-    """Pixel coordinates in ``[-1, 1]^2`` (endpoints included), "ij" order, flattened to ``(H*W, 2)``.
-
-    Defined in book/meta_sparse_inr.md. Row ``i * W + j`` holds ``(y_i, x_j)``, which matches an
-    image tensor ``(H, W, C)`` flattened to ``(H*W, C)``.
-    """
-    height = _positive_int(height, "height")
-    width = height if width is None else _positive_int(width, "width")
-    ys = torch.linspace(-1.0, 1.0, height, device=device)
-    xs = torch.linspace(-1.0, 1.0, width, device=device)
-    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
-    return grid.reshape(-1, 2)
