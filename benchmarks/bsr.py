@@ -2,7 +2,7 @@
 
 The peer is what a user runs without pruninglab: the dense ``nn.Linear`` with the masked weight
 (masks alone change nothing), and torch's own BSR weight fed to ``F.linear``. Ours is
-``pruninglab.pruners.bsr.BlockSparseLinear`` (``W_bsr @ x^T``). Protocol of benchmarks/BENCHMARKS.md:
+``pruninglab.sparse.bsr.BlockSparseLinear`` (``W_bsr @ x^T``). Protocol of benchmarks/BENCHMARKS.md:
 same process, interleaved, >= 5 repetitions, medians, load recorded, the answer checked.
 
     python benchmarks/bsr.py [--scale small|full] [--threads 2] [--device cpu|cuda]
@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from pruninglab.pruners.bsr import (
+from pruninglab.sparse.bsr import (
     BlockSparseLinear,
     break_even_sparsity,
     random_block_mask,

@@ -87,7 +87,7 @@ _EXPORTS = {
     "SequentialAttentionPruner": ".pruners.sequential_attention",
     **dict.fromkeys(["ACDCPruner", "PowerPropPruner", "BlockMagnitudePruner"], ".pruners.acdc"),
     "block_magnitude_masks": ".pruners.blocks",
-    "to_block_sparse": ".pruners.bsr",
+    "to_block_sparse": ".sparse.bsr",
     # sparse implicit neural representations
     **dict.fromkeys(["Siren", "siren"], ".inr.siren"),
     **dict.fromkeys(["meta_train", "fit_signals"], ".inr.metasparse"),

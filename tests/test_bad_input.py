@@ -314,7 +314,7 @@ def test_sapp_pruner_arguments(kwargs, pattern):
 
 
 def test_bsr_rejects_a_mask_that_is_not_block_structured():
-    from pruninglab.pruners.bsr import to_block_sparse
+    from pruninglab.sparse.bsr import to_block_sparse
 
     torch.manual_seed(0)
     masks = {"0.weight": torch.rand(64, 64) > 0.5}

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import pruninglab as pl
-from pruninglab.pruners.bsr import (
+from pruninglab.sparse.bsr import (
     BlockSparseLinear,
     block_structure,
     break_even_sparsity,

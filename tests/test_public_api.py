@@ -8,7 +8,7 @@ import pytest
 
 import pruninglab as pl
 
-SUBPACKAGES = ["pruninglab.limits", "pruninglab.pruners", "pruninglab.inr", "pruninglab.data",
+SUBPACKAGES = ["pruninglab.limits", "pruninglab.pruners", "pruninglab.sparse", "pruninglab.inr", "pruninglab.data",
                "pruninglab.experiments"]
 
 

@@ -3,8 +3,8 @@
 Defined in book/block_sparse_speed.md.
 
 One ``nn.Linear`` of ``out_features x in_features`` on a batch, with a random block mask at each
-(block size, sparsity) of the grid, timed dense and as :class:`~pruninglab.pruners.bsr.BlockSparseLinear`
-alternately, ``reps`` times (:func:`~pruninglab.pruners.bsr.time_dense_vs_bsr`). The result holds every
+(block size, sparsity) of the grid, timed dense and as :class:`~pruninglab.sparse.bsr.BlockSparseLinear`
+alternately, ``reps`` times (:func:`~pruninglab.sparse.bsr.time_dense_vs_bsr`). The result holds every
 timing, the break-even sparsity per block size and the machine's load during the run.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def timing_threads(dev: torch.device) -> tuple[int, int, float]:
 
 def eligible_blocks(blocks, dev: torch.device, dtype: torch.dtype = torch.float32) -> list[int]:
     """The block sizes the device's BSR kernels take (CUDA's Triton kernels: powers of two >= 16)."""
-    from ..pruners.bsr import triton_bsr_eligible
+    from ..sparse.bsr import triton_bsr_eligible
 
     return [b for b in blocks if dev.type != "cuda" or triton_bsr_eligible(b, dtype)]
 
@@ -73,7 +73,7 @@ def eligible_blocks(blocks, dev: torch.device, dtype: torch.dtype = torch.float3
 def time_grid(config: BsrSpeedConfig, dev: torch.device, threads: int,
               on_row: Callable | None = None) -> list:
     """Every (block, sparsity) timing of ``config`` on ``dev`` (a list of ``BsrTiming``); ``on_row(timing)`` after each."""
-    from ..pruners.bsr import time_dense_vs_bsr
+    from ..sparse.bsr import time_dense_vs_bsr
 
     rows = []
     for b in eligible_blocks(config.blocks, dev):
@@ -88,7 +88,7 @@ def time_grid(config: BsrSpeedConfig, dev: torch.device, threads: int,
 
 def run(config: BsrSpeedConfig, *, device: str | torch.device | None = None) -> dict:
     """Time the grid; return ``{"rows", "break_even", "threads", "load"}`` (JSON-ready). Defined in book/block_sparse_speed.md."""
-    from ..pruners.bsr import break_even_sparsity
+    from ..sparse.bsr import break_even_sparsity
 
     if not isinstance(config, BsrSpeedConfig):
         raise ValueError(f"config: expected a BsrSpeedConfig, got {type(config).__name__}")

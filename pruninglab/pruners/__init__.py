@@ -1,4 +1,4 @@
-"""Pruners: global magnitude, blocks, SequentialAttention++, ACDC, PowerProp, schedules, block-sparse storage.
+"""Pruners: global magnitude, blocks, SequentialAttention++, ACDC, PowerProp, schedules (block-sparse storage is in pruninglab.sparse).
 
 Names are imported from their modules on first use.
 """
@@ -11,5 +11,4 @@ __all__ = _install_lazy(__name__, {
     **dict.fromkeys(["BlockAttention", "SequentialAttentionPruner"], ".sequential_attention"),
     **dict.fromkeys(["ACDCPruner", "BlockMagnitudePruner", "PowerPropPruner"], ".acdc"),
     **dict.fromkeys(["Phase", "imagenet_phases", "criteo_phases"], ".schedule"),
-    **dict.fromkeys(["BlockSparseLinear", "to_block_sparse", "time_dense_vs_bsr"], ".bsr"),
 })
