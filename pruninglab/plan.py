@@ -488,6 +488,25 @@ def _human(v: float) -> str:
     return f"{v:.3g}"
 
 
+def plan_markdown(plan: dict) -> str:
+    """The key numbers of a plan as a Markdown table (it wraps on a narrow page); ``plan["notes"]`` say how.
+
+    Defined in book/sapp_imagenet.md.
+    """
+    rows = [("parameters", f"{plan['params']:,}"),
+            ("forward FLOPs / sample", _human(plan["forward_flops_per_sample"])),
+            ("train FLOPs / step", f"{_human(plan['train_flops_per_step'])} (batch {plan['batch_size']:,})"),
+            ("steps", f"{plan['steps']:,}"),
+            ("peak memory / GPU", f"{plan['peak_memory_gib_per_gpu']} GiB at micro-batch "
+                                  f"{plan['micro_batch_per_gpu']:,} (fp32 upper bound)"),
+            ("input / worker", f"{plan['input_samples_per_s_per_worker']:,} samples/s, measured on this machine"),
+            ("projected time", f"{plan['projected_hours']} h on {plan['num_gpus']} x {plan['gpu']} (compute "
+                               f"{plan['projected_hours_compute']} h at {plan['utilisation']:.0%} of peak; "
+                               f"input {plan['projected_hours_input']} h)"),
+            ("checkpoint", f"{plan['checkpoint_disk_gib']:.3g} GiB")]
+    return "| quantity | plan |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
 def format_plan(plan: dict) -> str:
     """A readable table of a plan, then one line of JSON (the same numbers, for scripts).
     """
