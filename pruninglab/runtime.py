@@ -400,6 +400,7 @@ def save_result(
     *,
     scale_name: str | None = None,
     dev: torch.device | str | None = None,
+    device: torch.device | str | None = None,
     wall_time_s: float | None = None,
     out_dir: str | os.PathLike | None = None,
     run_id: str | None = None,
@@ -427,7 +428,7 @@ def save_result(
     if run_id is not None:
         record["run_id"] = run_id
     record.update(extra or {})
-    record.update({"metrics": metrics, "config": config, "provenance": provenance(dev, wall_time_s)})
+    record.update({"metrics": metrics, "config": config, "provenance": provenance(device if device is not None else dev, wall_time_s)})
     text = to_json(record)
     path = folder / RESULT_NAME
     if path.exists() and not overwrite:

@@ -715,6 +715,7 @@ def train(
     resume: bool = False,
     config: Any | None = None,
     dev: torch.device | str | None = None,
+    device: torch.device | str | None = None,
     amp: bool | None = None,
     grad_clip: float | None = None,
     progress: bool | None = None,
@@ -763,6 +764,11 @@ def train(
     CUDA unless deterministic algorithms were asked for) autotunes convolutions for fixed shapes,
     ``tf32`` (default on) lets float32 products use TF32 during training; all are restored afterwards.
     """
+    # ``device=`` is the library's spelling; ``dev=`` stays as its older alias.
+    if device is not None:
+        if dev is not None and torch.device(dev) != torch.device(device):
+            raise ValueError(f"device: given twice, as dev={dev!r} and device={device!r}")
+        dev = device
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
         raise ValueError(f"steps: expected a non-negative integer, got {steps!r}")
     for name, value in (("eval_every", eval_every), ("checkpoint_every", checkpoint_every)):
