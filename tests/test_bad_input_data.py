@@ -15,7 +15,7 @@ from pruninglab.data.cifar import class_names, read_cifar_split, write_cifar
 from pruninglab.data.images import TensorSignals, load_image
 
 
-def _digest(folder):
+def _file_hashes(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
@@ -46,11 +46,11 @@ def test_crafted_cifar_pickle_is_refused_and_creates_no_file(tmp_path, payload, 
     folder = write_cifar(tmp_path, train_per_file=2, num_test=2)
     victim = tmp_path / "created-by-pickle"
     (folder / fname).write_bytes(pickle.dumps({"data": payload(victim), "labels": [0]}, protocol=2))
-    before = _digest(tmp_path)
+    before = _file_hashes(tmp_path)
     with pytest.raises(ValueError, match=rf"data: .*{fname} is not a plain CIFAR batch: it asks to load"):
         read_cifar_split(tmp_path, train=fname != "test_batch")
     assert not victim.exists()
-    assert _digest(tmp_path) == before
+    assert _file_hashes(tmp_path) == before
 
 
 def test_crafted_cifar_meta_is_refused(tmp_path):
