@@ -53,10 +53,6 @@ class CriteoConfig(SappConfig):
     eval_batch_size: int = option(65536, "rows per evaluation batch")
     eval_every: int | None = option(None, "evaluate every N steps (default: once per epoch)")
     checkpoint_every: int = option(500, "checkpoint every N steps (and at phase changes)")
-    clip_attention: bool = option(True, "[P] SA++: clamp the attention A to [1-s, 1/(1-s)] (App. C.1; our "
-                                         "reading of its clipping rule)")
-    logit_weight_decay: float = option(1e-4, "[P] SA++: weight decay on the attention logits (App. C.1; "
-                                             "the value 1e-4 is ours [R])")
     workers: int = option(6, "DataLoader processes parsing the TSV")
     lr_final: float = option(3e-4, "[P] final learning rate (exponential decay)")
     num_buckets: int = option(1_000_000, "[R] hash buckets per categorical column")

@@ -46,10 +46,6 @@ class ImagenetConfig(SappConfig):
     weight_decay: float = option(3.0518e-5, "[R] weight decay (not stated; ACDC's value)")
     checkpoint_every: int = option(1000, "checkpoint every N steps (and at phase changes)")
     workers: int = option(8, "DataLoader worker processes per GPU")
-    clip_attention: bool = option(True, "[P] SA++: clamp the attention A to [1-s, 1/(1-s)] (App. C.1; our "
-                                         "reading of its clipping rule)")
-    logit_weight_decay: float = option(1e-4, "[P] SA++: weight decay on the attention logits (App. C.1; "
-                                             "the value 1e-4 is ours [R])")
     arch: str = option("resnet50", "[P] torchvision resnet50 (resnet18/34 for quick tests)")
     image_size: int = option(224, "[R] crop size (the usual 224)")
     resize: int = option(256, "[R] shorter side before the validation center crop")
