@@ -11,6 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (run pytest with -n 0 there)
+    fcntl = None
+
 collect_ignore_glob = ["*.ipynb", "_build/*", "_cache/*"]
 
 
@@ -76,7 +81,16 @@ def pytest_sessionfinish(session, exitstatus):
     except ImportError:
         return
     root = Path(str(session.config.rootpath))
-    cache = get_cache(str(root / "_build" / ".jupyter_cache"))
+    (root / "_build").mkdir(exist_ok=True)
+    # Under pytest-xdist every worker hands over its own chapters; the lock keeps two workers from
+    # creating or writing the cache's database at the same moment.
+    with open(root / "_build" / ".jupyter_cache.lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        _cache_executed(get_cache(str(root / "_build" / ".jupyter_cache")), CacheBundleIn, root)
+
+
+def _cache_executed(cache, CacheBundleIn, root: Path) -> None:  # noqa: N803  (a class, passed in)
     for path, (nb, items) in _EXECUTED.items():
         rel = os.path.relpath(path, root)
         if rel in _FAILED or not items:
@@ -100,3 +114,11 @@ def pytest_configure(config):
     # Chapters run at small scale under test unless the caller asked otherwise.
     os.environ.setdefault("PRUNINGLAB_SCALE", "small")
     os.environ.setdefault("PRUNINGLAB_PROGRESS", "0")
+    # Under pytest-xdist each worker (and each chapter kernel it starts) gets one intra-op thread, so
+    # that two workers do not oversubscribe a 2-core machine.
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import sys
+
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)

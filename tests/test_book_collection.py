@@ -45,7 +45,7 @@ def chapter_dir():
 def test_chapter_asserts_decide_the_outcome(chapter_dir, expected, outcome):
     path = chapter_dir / f"chapter_{expected}.md"
     path.write_text(HEADER % expected)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", str(path.relative_to(ROOT))],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:randomly", str(path.relative_to(ROOT))],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert outcome in proc.stdout, proc.stdout[-2000:]
     assert (proc.returncode == 0) == (expected == "2")

@@ -31,6 +31,7 @@ def test_cli_runs_resnet18_on_a_generated_folder(tmp_path, capsys):
     argv = ["limit", "--model", "resnet18", "--dataset", "tinyimagenet", "--data", str(root), "--epochs", "1",
             "--train-samples", "16", "--test-samples", "8", "--batch-size", "8", "--lanczos-steps", "3",
             "--hessian-samples", "8", "--hessian-batch-size", "8", "--grid", "4", "--zero-mass-rows", "0",
+            "--limit-grid-step", "0.25",  # the strict rule's 999-point scan takes minutes on a CPU
             "--no-progress"]
     assert cli.main(argv) == 0, capsys.readouterr().err
     import json
