@@ -12,6 +12,7 @@ import numbers
 from typing import Any, Iterable
 
 __all__ = [
+    "int_at_least",
     "positive_int",
     "nonnegative_int",
     "finite_float",
@@ -26,7 +27,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _int_at_least(value: Any, name: str, minimum: int, allow_none: bool) -> int | None:
+def int_at_least(value: Any, name: str, minimum: int, *, allow_none: bool = False) -> int | None:
+    """``value`` as an int >= ``minimum`` (numpy integers too, never a bool; None where ``allow_none``)."""
     if value is None and allow_none:
         return None
     if not _is_int(value) or value < minimum:
@@ -36,12 +38,16 @@ def _int_at_least(value: Any, name: str, minimum: int, allow_none: bool) -> int 
 
 def positive_int(value: Any, name: str, *, allow_none: bool = False) -> int | None:
     """``value`` as an int >= 1 (or None where ``allow_none``); ValueError naming ``name`` otherwise."""
-    return _int_at_least(value, name, 1, allow_none)
+    if value is None and allow_none:
+        return None
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
 
 
 def nonnegative_int(value: Any, name: str, *, allow_none: bool = False) -> int | None:
     """``value`` as an int >= 0 (or None where ``allow_none``)."""
-    return _int_at_least(value, name, 0, allow_none)
+    return int_at_least(value, name, 0, allow_none=allow_none)
 
 
 def finite_float(value: Any, name: str, *, low: float | None = None, high: float | None = None,

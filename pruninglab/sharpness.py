@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._checks import positive_int
 from .runtime import progress_enabled
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -176,12 +177,6 @@ def _model_on(model: nn.Module, device: torch.device | str | None) -> tuple[nn.M
     return copy.deepcopy(model).to(dev), dev
 
 
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
 def _check_tol(value: Any, name: str = "tol") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0) or math.isinf(value):
         raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
@@ -263,8 +258,8 @@ class _Estimators:
         return values
 
     def _top_eigenvalues(self, k, method, max_iter, tol, generator, progress) -> tuple[torch.Tensor, bool]:
-        k = _check_positive_int(k, "k")
-        max_iter = _check_positive_int(max_iter, "max_iter")
+        k = positive_int(k, "k")
+        max_iter = positive_int(max_iter, "max_iter")
         tol = _check_tol(tol)
         if method not in ("lanczos", "power"):
             raise ValueError(f"method: expected 'lanczos' or 'power', got {method!r}")
@@ -291,7 +286,7 @@ class _Estimators:
         The same Rademacher probes give each parameter's diagonal-block trace ``tr H_ll`` (the mean of
         ``v_lᵀ (H v)_l``), stored in ``per_parameter`` as ``name -> (trace, stderr)``.
         """
-        num_samples = _check_positive_int(num_samples, "num_samples")
+        num_samples = positive_int(num_samples, "num_samples")
         from tqdm.auto import tqdm
 
         rows = []
@@ -323,8 +318,8 @@ class _Estimators:
         return nodes, weights
 
     def _spectrum(self, num_steps, num_probes, generator, progress):
-        num_steps = _check_positive_int(num_steps, "num_steps")
-        num_probes = _check_positive_int(num_probes, "num_probes")
+        num_steps = positive_int(num_steps, "num_steps")
+        num_probes = positive_int(num_probes, "num_probes")
         nodes, weights, runs = [], [], []
         for _ in range(num_probes):
             v = self.random_vector("rademacher", generator)
@@ -648,8 +643,8 @@ def lanczos(
     iteration restarts from a random vector orthogonal to the basis, or stops when
     ``restart_on_breakdown=False`` (the quadrature of the start vector is then exact).
     """
-    k = _check_positive_int(k, "k")
-    num_steps = _check_positive_int(num_steps, "num_steps")
+    k = positive_int(k, "k")
+    num_steps = positive_int(num_steps, "num_steps")
     if tol is not None:
         tol = _check_tol(tol)
     n = int(dim if dim is not None else getattr(op, "dim"))
@@ -773,8 +768,8 @@ def power_iteration(
     ≥ 0), whose dominant eigenvalue is the largest algebraic one. Convergence is geometric in
     ``λ₂/λ₁``, so it can be slow where Lanczos is fast.
     """
-    k = _check_positive_int(k, "k")
-    max_iter = _check_positive_int(max_iter, "max_iter")
+    k = positive_int(k, "k")
+    max_iter = positive_int(max_iter, "max_iter")
     tol = _check_tol(tol)
     n = int(dim if dim is not None else getattr(op, "dim"))
     if k > n:
@@ -941,7 +936,7 @@ def hessian_trace(
     >>> abs(trace - exact) < 5 * stderr
     True
     """
-    num_samples = _check_positive_int(num_samples, "num_samples")
+    num_samples = positive_int(num_samples, "num_samples")
     with hvp_operator(model, loss_fn, data, params, device=device, cache_graphs=cache_graphs) as op:
         return op.trace(num_samples, generator=generator, progress=progress)
 
@@ -984,8 +979,8 @@ def hessian_spectrum(
     ...     model, F.cross_entropy, data)[0] + 1e-6)
     (1.0, True)
     """
-    num_steps = _check_positive_int(num_steps, "num_steps")
-    num_probes = _check_positive_int(num_probes, "num_probes")
+    num_steps = positive_int(num_steps, "num_steps")
+    num_probes = positive_int(num_probes, "num_probes")
     with hvp_operator(model, loss_fn, data, params, device=device, cache_graphs=cache_graphs) as op:
         return op.spectrum(num_steps, num_probes, generator=generator, progress=progress)
 
@@ -1144,7 +1139,7 @@ def exact_hessian_eigenvalues(
     h = exact_hessian(model, loss_fn, data, params, **kwargs)
     vals = torch.linalg.eigvalsh(h.to(torch.float64)).flip(0).cpu()
     if k is not None:
-        k = _check_positive_int(k, "k")
+        k = positive_int(k, "k")
         if k > vals.numel():
             raise ValueError(f"k: asked for {k} eigenvalues of a {vals.numel()}-dimensional Hessian")
         vals = vals[:k]

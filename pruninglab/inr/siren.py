@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from .._checks import positive_int
 from ..data.coords import coordinate_grid  # re-exported: the grid an INR is fitted on
 
 __all__ = [
@@ -34,14 +35,6 @@ __all__ = [
 PAPER_NARROW_WIDTHS = (230, 206, 184, 164, 148, 132, 118, 106, 94, 84, 76, 68, 60, 54, 48, 44, 38, 34, 32, 28)
 
 
-def _positive_int(value, name: str) -> int:
-    import numbers
-
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
 class Siren(nn.Module):
     """``depth`` sine layers of ``width`` units and a linear output layer.
 
@@ -53,10 +46,10 @@ class Siren(nn.Module):
     def __init__(self, dim_in: int = 2, width: int = 256, depth: int = 4, dim_out: int = 3,
                  omega0: float = 200.0):
         super().__init__()
-        self.dim_in = _positive_int(dim_in, "dim_in")
-        self.width = _positive_int(width, "width")
-        self.depth = _positive_int(depth, "depth")
-        self.dim_out = _positive_int(dim_out, "dim_out")
+        self.dim_in = positive_int(dim_in, "dim_in")
+        self.width = positive_int(width, "width")
+        self.depth = positive_int(depth, "depth")
+        self.dim_out = positive_int(dim_out, "dim_out")
         if isinstance(omega0, bool) or not isinstance(omega0, (int, float)) or not omega0 > 0 or math.isinf(omega0):
             raise ValueError(f"omega0: expected a positive finite number, got {omega0!r}")
         self.omega0 = float(omega0)
@@ -107,8 +100,8 @@ def siren_weight_count(dim_in: int = 2, width: int = 256, depth: int = 4, dim_ou
     Defined in book/meta_sparse_inr.md. The paper's 2-256x4-3 network has 197,888; a width-``w``
     network of the same depth has ``3w^2 + 5w``.
     """
-    dim_in, width = _positive_int(dim_in, "dim_in"), _positive_int(width, "width")
-    depth, dim_out = _positive_int(depth, "depth"), _positive_int(dim_out, "dim_out")
+    dim_in, width = positive_int(dim_in, "dim_in"), positive_int(width, "width")
+    depth, dim_out = positive_int(depth, "depth"), positive_int(dim_out, "dim_out")
     return dim_in * width + (depth - 1) * width * width + width * dim_out
 
 
@@ -118,9 +111,9 @@ def narrow_width(num_weights: int, dim_in: int = 2, depth: int = 4, dim_out: int
     Defined in book/meta_sparse_inr.md. Solves ``(depth-1) w^2 + (dim_in+dim_out) w = num_weights``
     and returns the nearer of the two integers around the root (ties go to the smaller width).
     """
-    n = _positive_int(num_weights, "num_weights")
-    depth = _positive_int(depth, "depth")
-    lin = _positive_int(dim_in, "dim_in") + _positive_int(dim_out, "dim_out")
+    n = positive_int(num_weights, "num_weights")
+    depth = positive_int(depth, "depth")
+    lin = positive_int(dim_in, "dim_in") + positive_int(dim_out, "dim_out")
     quad = depth - 1
     if quad == 0:
         root = n / lin
@@ -137,7 +130,7 @@ def pruned_counts(num_weights: int, rounds: int, rate: float = 0.2) -> list[int]
     dense count). With the floor, 197,888 gives 8,704 after 14 rounds, as printed in the paper
     (rounding would give 8,702).
     """
-    n = _positive_int(num_weights, "num_weights")
+    n = positive_int(num_weights, "num_weights")
     if isinstance(rounds, bool) or int(rounds) != rounds or rounds < 0:
         raise ValueError(f"rounds: expected a non-negative integer, got {rounds!r}")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Integral
 from typing import Callable
 
 import torch
 from scipy import optimize, special
+
+from .._checks import int_at_least
 
 __all__ = [
     "MonteCarloEstimate",
@@ -55,26 +56,18 @@ __all__ = [
 # --------------------------------------------------------------------------- input checks
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_sizes_l1(d, s) -> tuple[int, int]:
-    d = _check_int("d", d, 1)
-    s = _check_int("s", s, 0)
+    d = int_at_least(d, "d", 1)
+    s = int_at_least(s, "s", 0)
     if s > d:
         raise ValueError(f"s: expected 0 <= s <= d = {d}, got {s}")
     return d, s
 
 
 def _check_sizes_group(num_groups, active_groups, group_size) -> tuple[int, int, int]:
-    num_groups = _check_int("num_groups", num_groups, 1)
-    active_groups = _check_int("active_groups", active_groups, 0)
-    group_size = _check_int("group_size", group_size, 1)
+    num_groups = int_at_least(num_groups, "num_groups", 1)
+    active_groups = int_at_least(active_groups, "active_groups", 0)
+    group_size = int_at_least(group_size, "group_size", 1)
     if active_groups > num_groups:
         raise ValueError(
             f"active_groups: expected 0 <= active_groups <= num_groups = {num_groups}, got {active_groups}"
@@ -94,7 +87,7 @@ def chi_tail_moments(tau: float, dof: int) -> tuple[float, float]:
     Gamma(dof/2) * Q((dof+1)/2, t)`` and ``P(R > tau) = Q(dof/2, t)``.
     For ``dof = 1`` this gives the l1 bracket ``(1 + tau^2) erfc(tau/sqrt2) - tau sqrt(2/pi) e^{-tau^2/2}``.
     """
-    dof = _check_int("dof", dof, 1)
+    dof = int_at_least(dof, "dof", 1)
     if not (tau >= 0.0 and math.isfinite(tau)):
         raise ValueError(f"tau: expected a finite number >= 0, got {tau!r}")
     t = 0.5 * tau * tau
@@ -208,8 +201,8 @@ def statistical_dimension_subspace(d: int, k: int) -> float:
     """Exact statistical dimension of a k-dimensional subspace of R^d: ``k``.
 
     """
-    d = _check_int("d", d, 1)
-    k = _check_int("k", k, 0)
+    d = int_at_least(d, "d", 1)
+    k = int_at_least(k, "k", 0)
     if k > d:
         raise ValueError(f"k: expected 0 <= k <= d = {d}, got {k}")
     return float(k)
@@ -220,7 +213,7 @@ def statistical_dimension_orthant(d: int) -> float:
 
     Defined in book/convex_geometry.md.
     """
-    d = _check_int("d", d, 1)
+    d = int_at_least(d, "d", 1)
     return d / 2.0
 
 
@@ -239,7 +232,7 @@ def project_group_l1_descent_cone(g: torch.Tensor, x: torch.Tensor, group_size: 
     group norms (no iterations): ``tau = (c + S_J) / (k + J)``, with ``c = sum_active <g_k, u_k>``, ``S_J``
     the sum of the J largest inactive norms and J the number of inactive norms above tau.
     """
-    group_size = _check_int("group_size", group_size, 1)
+    group_size = int_at_least(group_size, "group_size", 1)
     if not isinstance(g, torch.Tensor) or not isinstance(x, torch.Tensor):
         raise ValueError("g, x: expected torch tensors")
     squeeze = g.dim() == 1
@@ -332,7 +325,7 @@ def _mc_mean(values: torch.Tensor) -> MonteCarloEstimate:
 
 
 def _gaussian(num_samples: int, d: int, generator, device, dtype) -> torch.Tensor:
-    num_samples = _check_int("num_samples", num_samples, 1)
+    num_samples = int_at_least(num_samples, "num_samples", 1)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if generator is not None and generator.device != dev:
         # A CPU generator is reproducible on every device: draw there, then move.
@@ -354,9 +347,9 @@ def statistical_dimension_mc(
 
     Defined in book/convex_geometry.md.
     """
-    d = _check_int("d", d, 1)
-    num_samples = _check_int("num_samples", num_samples, 1)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    d = int_at_least(d, "d", 1)
+    num_samples = int_at_least(num_samples, "num_samples", 1)
+    batch_size = int_at_least(batch_size, "batch_size", 1)
     vals = []
     done = 0
     while done < num_samples:
@@ -384,7 +377,7 @@ def gaussian_width_mc(
     (Moreau), so the width is ``E||Pi_C(g)||`` and ``w^2 <= delta <= w^2 + 1`` (the gap is
     ``Var ||Pi_C(g)|| <= 1``, Gaussian Poincare for a 1-Lipschitz function).
     """
-    d = _check_int("d", d, 1)
+    d = int_at_least(d, "d", 1)
     g = _gaussian(num_samples, d, generator, device, dtype)
     return _mc_mean(project(g).norm(dim=1))
 
@@ -412,7 +405,7 @@ def statistical_dimension_l1_mc(
     """
     d, s = _check_sizes_l1(d, s)
     if s == 0:
-        return MonteCarloEstimate(0.0, 0.0, _check_int("num_samples", num_samples, 1))
+        return MonteCarloEstimate(0.0, 0.0, int_at_least(num_samples, "num_samples", 1))
     dev = torch.device(device) if device is not None else torch.device("cpu")
     x = _planted(d, s, dev, dtype)
     return statistical_dimension_mc(lambda g: project_l1_descent_cone(g, x), d, num_samples,
@@ -435,7 +428,7 @@ def statistical_dimension_group_l1_mc(
     """
     num_groups, active, b = _check_sizes_group(num_groups, active_groups, group_size)
     if active == 0:
-        return MonteCarloEstimate(0.0, 0.0, _check_int("num_samples", num_samples, 1))
+        return MonteCarloEstimate(0.0, 0.0, int_at_least(num_samples, "num_samples", 1))
     dev = torch.device(device) if device is not None else torch.device("cpu")
     x = _planted(num_groups * b, active * b, dev, dtype)
     return statistical_dimension_mc(lambda g: project_group_l1_descent_cone(g, x, b), num_groups * b,
@@ -455,13 +448,13 @@ def statistical_dimension_subspace_mc(
 
     Defined in book/convex_geometry.md.
     """
-    d = _check_int("d", d, 1)
-    k = _check_int("k", k, 0)
+    d = int_at_least(d, "d", 1)
+    k = int_at_least(k, "k", 0)
     if k > d:
         raise ValueError(f"k: expected 0 <= k <= d = {d}, got {k}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if k == 0:
-        return MonteCarloEstimate(0.0, 0.0, _check_int("num_samples", num_samples, 1))
+        return MonteCarloEstimate(0.0, 0.0, int_at_least(num_samples, "num_samples", 1))
     basis = _gaussian(k, d, generator, dev, dtype).T  # a random subspace: span of k Gaussian vectors
     return statistical_dimension_mc(lambda g: project_subspace(g, basis), d, num_samples,
                                     generator=generator, device=dev, dtype=dtype)
@@ -479,6 +472,6 @@ def statistical_dimension_orthant_mc(
 
     Defined in book/convex_geometry.md.
     """
-    d = _check_int("d", d, 1)
+    d = int_at_least(d, "d", 1)
     return statistical_dimension_mc(project_orthant, d, num_samples, generator=generator, device=device,
                                     dtype=dtype)

@@ -39,6 +39,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .._checks import int_at_least
 from ..runtime import progress_enabled
 from .geometry import statistical_dimension_group_l1
 
@@ -76,12 +77,6 @@ class RecoveryProblems:
     group_size: int = 1
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def sample_recovery_problems(
     num_problems: int,
     m: int,
@@ -101,10 +96,10 @@ def sample_recovery_problems(
     coordinates (chosen uniformly) with i.i.d. N(0, 1) entries. ``k`` is one integer or one per problem.
     Random numbers come from ``generator`` (a CPU generator keeps results identical on every device).
     """
-    num_problems = _check_int("num_problems", num_problems, 1)
-    d = _check_int("d", d, 1)
-    m = _check_int("m", m, 1)
-    group_size = _check_int("group_size", group_size, 1)
+    num_problems = int_at_least(num_problems, "num_problems", 1)
+    d = int_at_least(d, "d", 1)
+    m = int_at_least(m, "m", 1)
+    group_size = int_at_least(group_size, "group_size", 1)
     if m > d:
         raise ValueError(f"m: expected 1 <= m <= d = {d} measurements, got {m}")
     if d % group_size != 0:
@@ -299,8 +294,8 @@ def solve_l1_batched(
         raise ValueError(f"linear_algebra: expected 'auto', 'range' or 'null', got {linear_algebra!r}")
     if not (0 < tol < 1):
         raise ValueError(f"tol: expected 0 < tol < 1, got {tol!r}")
-    max_iter = _check_int("max_iter", max_iter, 1)
-    refine = _check_int("refine", refine, 0)
+    max_iter = int_at_least(max_iter, "max_iter", 1)
+    refine = int_at_least(refine, "refine", 0)
     if not (0 < step_fraction < 1):
         raise ValueError(f"step_fraction: expected a number in (0, 1), got {step_fraction!r}")
     if not (0 <= compact_fraction <= 1):
@@ -521,8 +516,8 @@ def solve_group_l1_batched(
     refinement polish each normal-equation solve.
     """
     A, b, single = _check_system(A, b)
-    group_size = _check_int("group_size", group_size, 1)
-    max_iter = _check_int("max_iter", max_iter, 1)
+    group_size = int_at_least(group_size, "group_size", 1)
+    max_iter = int_at_least(max_iter, "max_iter", 1)
     if not (0 < tol < 1):
         raise ValueError(f"tol: expected 0 < tol < 1, got {tol!r}")
     B, m, d = A.shape
@@ -699,7 +694,7 @@ def solve_group_l1_cvxpy(A, b, group_size: int, *, solver: str = "CLARABEL", **s
     """
     import cvxpy as cp
 
-    group_size = _check_int("group_size", group_size, 1)
+    group_size = int_at_least(group_size, "group_size", 1)
     d = (A.shape[-1])
     if d % group_size != 0:
         raise ValueError(f"group_size: {group_size} does not divide d = {d}")
@@ -784,15 +779,15 @@ def phase_transition_grid(
     """
     import time
 
-    d = _check_int("d", d, 1)
-    trials = _check_int("trials", trials, 1)
-    group_size = _check_int("group_size", group_size, 1)
+    d = int_at_least(d, "d", 1)
+    trials = int_at_least(trials, "trials", 1)
+    group_size = int_at_least(group_size, "group_size", 1)
     if d % group_size != 0:
         raise ValueError(f"group_size: {group_size} does not divide d = {d}")
     if solver not in ("torch", "cvxpy"):
         raise ValueError(f"solver: expected 'torch' or 'cvxpy', got {solver!r}")
-    ms = [_check_int("ms", v, 1) for v in ms]
-    ks = [_check_int("ks", v, 0) for v in ks]
+    ms = [int_at_least(v, "ms", 1) for v in ms]
+    ks = [int_at_least(v, "ks", 0) for v in ks]
     if not ms or not ks:
         raise ValueError("ms, ks: expected non-empty sequences")
     if max(ms) > d:
@@ -875,8 +870,8 @@ def predicted_transition(d: int, ks: Sequence[int], group_size: int = 1) -> np.n
 
     Defined in book/convex_geometry.md.
     """
-    d = _check_int("d", d, 1)
-    group_size = _check_int("group_size", group_size, 1)
+    d = int_at_least(d, "d", 1)
+    group_size = int_at_least(group_size, "group_size", 1)
     if d % group_size != 0:
         raise ValueError(f"group_size: {group_size} does not divide d = {d}")
     return np.array([statistical_dimension_group_l1(d // group_size, int(k), group_size) for k in ks])
