@@ -77,7 +77,6 @@ def pytest_sessionfinish(session, exitstatus):
         return
     try:
         from jupyter_cache import get_cache
-        from jupyter_cache.base import CacheBundleIn
     except ImportError:
         return
     root = Path(str(session.config.rootpath))
@@ -87,10 +86,12 @@ def pytest_sessionfinish(session, exitstatus):
     with open(root / "_build" / ".jupyter_cache.lock", "w") as lock:
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
-        _cache_executed(get_cache(str(root / "_build" / ".jupyter_cache")), CacheBundleIn, root)
+        _cache_executed(get_cache(str(root / "_build" / ".jupyter_cache")), root)
 
 
-def _cache_executed(cache, CacheBundleIn, root: Path) -> None:  # noqa: N803  (a class, passed in)
+def _cache_executed(cache, root: Path) -> None:
+    from jupyter_cache.base import CacheBundleIn
+
     for path, (nb, items) in _EXECUTED.items():
         rel = os.path.relpath(path, root)
         if rel in _FAILED or not items:

@@ -27,22 +27,22 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def int_at_least(value: Any, name: str, minimum: int, *, allow_none: bool = False) -> int | None:
-    """``value`` as an int >= ``minimum`` (numpy integers too, never a bool; None where ``allow_none``)."""
+def _int_check(value: Any, name: str, minimum: int, allow_none: bool, expected: str) -> int | None:
     if value is None and allow_none:
         return None
     if not _is_int(value) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
     return int(value)
+
+
+def int_at_least(value: Any, name: str, minimum: int, *, allow_none: bool = False) -> int | None:
+    """``value`` as an int >= ``minimum`` (numpy integers too, never a bool; None where ``allow_none``)."""
+    return _int_check(value, name, minimum, allow_none, f"an integer >= {minimum}")
 
 
 def positive_int(value: Any, name: str, *, allow_none: bool = False) -> int | None:
     """``value`` as an int >= 1 (or None where ``allow_none``); ValueError naming ``name`` otherwise."""
-    if value is None and allow_none:
-        return None
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
+    return _int_check(value, name, 1, allow_none, "a positive integer")
 
 
 def nonnegative_int(value: Any, name: str, *, allow_none: bool = False) -> int | None:
